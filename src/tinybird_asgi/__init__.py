@@ -1,0 +1,66 @@
+"""Per-user Tinybird JWTs for ASGI and Flask backends.
+
+The core (:class:`TokenIssuer`, the scopes and :class:`DeliveryConfig`) has no
+framework imports and does no I/O; ``tinybird_asgi.middleware`` and
+``tinybird_flask`` adapt it to their frameworks.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._delivery import DeliveryConfig, DeliveryMode, SameSite
+from ._errors import (
+    ConfigurationError,
+    IdentityError,
+    InvalidScopeError,
+    PolicyError,
+    SigningError,
+    TinybirdError,
+)
+from ._issuer import (
+    AnonymousPrincipalError,
+    TinybirdToken,
+    TokenIssuer,
+    default_identity,
+    is_anonymous,
+)
+from ._scopes import (
+    DatasourceAppend,
+    DatasourceRead,
+    ParamValue,
+    PipeRead,
+    Scope,
+    quote_literal,
+    sql_filter,
+)
+
+try:
+    __version__ = version("tinybird-asgi")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "AnonymousPrincipalError",
+    "ConfigurationError",
+    "DatasourceAppend",
+    "DatasourceRead",
+    "DeliveryConfig",
+    "DeliveryMode",
+    "IdentityError",
+    "InvalidScopeError",
+    "ParamValue",
+    "PipeRead",
+    "PolicyError",
+    "SameSite",
+    "Scope",
+    "SigningError",
+    "TinybirdError",
+    "TinybirdToken",
+    "TokenIssuer",
+    "__version__",
+    "default_identity",
+    "is_anonymous",
+    "quote_literal",
+    "sql_filter",
+]

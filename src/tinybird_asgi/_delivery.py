@@ -1,0 +1,477 @@
+"""Framework-neutral rules for putting a token on an HTTP response.
+
+Both adapters build one :class:`DeliveryConfig` and ask it what to change on a
+response: which headers to add, which to replace, and what the token endpoint
+answers. The adapters only translate between their framework's header types
+and these plain ``str`` pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias, get_args
+
+from ._errors import ConfigurationError
+from ._issuer import TinybirdToken
+
+__all__ = [
+    "MAX_COOKIE_BYTES",
+    "DeliveryConfig",
+    "DeliveryMode",
+    "EndpointResponse",
+    "ResponseEdit",
+    "SameSite",
+    "read_cookie",
+]
+
+logger = logging.getLogger("tinybird_asgi")
+
+DeliveryMode: TypeAlias = Literal["header", "cookie", "both"]
+SameSite: TypeAlias = Literal["lax", "strict", "none"]
+
+# Browsers keep at least 4096 bytes per cookie (RFC 6265, section 6.1), counted
+# over name, value and attributes; a longer Set-Cookie line may be dropped
+# without any error the page can see.
+MAX_COOKIE_BYTES = 4096
+
+CACHE_CONTROL = "cache-control"
+VARY = "vary"
+EXPOSE_HEADERS = "access-control-expose-headers"
+SET_COOKIE = "set-cookie"
+
+_TOKEN_CHARS = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_COOKIE_PATH = re.compile(r"/[\x21-\x3a\x3c-\x7e]*")
+_DOMAIN = re.compile(r"\.?[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+# Directives a shared cache may act on; a response carrying a token loses them.
+_SHARED_CACHE_DIRECTIVES = frozenset({"public", "s-maxage", "private"})
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseEdit:
+    """Changes an adapter applies to one response's headers.
+
+    ``replace`` maps lower-case header names to one merged value; every
+    existing line of that name is removed before it is added. ``drop`` lists
+    lower-case names whose lines are removed, and ``drop_cookie`` a cookie
+    name whose ``Set-Cookie`` lines are removed. ``add`` is appended last.
+    """
+
+    replace: dict[str, str] = field(default_factory=dict)
+    drop: frozenset[str] = frozenset()
+    drop_cookie: str | None = None
+    add: list[tuple[str, str]] = field(default_factory=list)
+
+    def removes(self, lower_name: str, value: str) -> bool:
+        """Return whether an existing header line is removed by this edit."""
+        if lower_name in self.replace or lower_name in self.drop:
+            return True
+        return (
+            self.drop_cookie is not None
+            and lower_name == SET_COOKIE
+            and _set_cookie_name(value) == self.drop_cookie
+        )
+
+    def apply(self, headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Return ``headers`` with this edit applied, keeping every other line."""
+        kept = [
+            (name, value)
+            for name, value in headers
+            if not self.removes(name.lower(), value)
+        ]
+        kept.extend((_CANONICAL.get(n, n), v) for n, v in self.replace.items())
+        kept.extend(self.add)
+        return kept
+
+
+_CANONICAL = {
+    CACHE_CONTROL: "Cache-Control",
+    VARY: "Vary",
+    EXPOSE_HEADERS: "Access-Control-Expose-Headers",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointResponse:
+    """Status, headers and body of a token endpoint response."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    """How a token reaches the browser; shared by the ASGI and Flask adapters.
+
+    Every option is validated on construction.
+
+    :raises ConfigurationError: for an invalid option, naming it.
+    """
+
+    delivery: DeliveryMode = "header"
+    """``"header"``, ``"cookie"`` or ``"both"``."""
+    header_name: str = "X-Tinybird-Token"
+    expires_header_name: str = "X-Tinybird-Token-Expires"
+    cookie_name: str = "tinybird_token"
+    cookie_path: str = "/"
+    cookie_domain: str | None = None
+    cookie_secure: bool = True
+    cookie_samesite: SameSite = "lax"
+    cookie_httponly: bool = False
+    """Off by default: page JavaScript must read the token to send it to
+    Tinybird, so an HttpOnly cookie is useful only to a server-side reader."""
+    token_path: str | None = None
+    """Path of the token endpoint, such as ``"/tinybird/token"``; ``None`` for
+    no endpoint."""
+    exclude_paths: tuple[str, ...] = ()
+    """Path prefixes that get no token; a prefix matches whole segments."""
+    protect_cache: bool = True
+    """Mark token-carrying responses ``private`` and ``Vary: Cookie``.
+    Turning it off lets a shared cache (CDN) serve one user's token to others."""
+
+    def __post_init__(self) -> None:
+        if self.delivery not in get_args(DeliveryMode):
+            raise ConfigurationError(
+                "delivery must be 'header', 'cookie' or 'both', "
+                f"not {self.delivery!r}.",
+                option="delivery",
+            )
+        for option in ("header_name", "expires_header_name", "cookie_name"):
+            value = getattr(self, option)
+            if not isinstance(value, str) or not _TOKEN_CHARS.fullmatch(value):
+                raise ConfigurationError(
+                    f"{option} {value!r} is not a valid HTTP token; use letters, "
+                    "digits and '-' or '_'.",
+                    option=option,
+                )
+        if self.header_name.lower() == self.expires_header_name.lower():
+            raise ConfigurationError(
+                "header_name and expires_header_name must differ.",
+                option="expires_header_name",
+            )
+        for option in ("header_name", "expires_header_name"):
+            if getattr(self, option).lower() in _RESERVED_HEADERS:
+                raise ConfigurationError(
+                    f"{option} {getattr(self, option)!r} is a standard header name; "
+                    "pick a name of your own such as X-Tinybird-Token.",
+                    option=option,
+                )
+        if not isinstance(self.cookie_path, str) or not _COOKIE_PATH.fullmatch(
+            self.cookie_path
+        ):
+            raise ConfigurationError(
+                f"cookie_path {self.cookie_path!r} must start with '/' and contain "
+                "no ';', spaces or control characters.",
+                option="cookie_path",
+            )
+        if self.cookie_domain is not None and (
+            not isinstance(self.cookie_domain, str)
+            or not _DOMAIN.fullmatch(self.cookie_domain)
+        ):
+            raise ConfigurationError(
+                f"cookie_domain {self.cookie_domain!r} is not a host name.",
+                option="cookie_domain",
+            )
+        for option in ("cookie_secure", "cookie_httponly", "protect_cache"):
+            if not isinstance(getattr(self, option), bool):
+                raise ConfigurationError(
+                    f"{option} must be True or False.", option=option
+                )
+        if self.cookie_samesite not in get_args(SameSite):
+            raise ConfigurationError(
+                "cookie_samesite must be 'lax', 'strict' or 'none', "
+                f"not {self.cookie_samesite!r}.",
+                option="cookie_samesite",
+            )
+        if self.cookie_samesite == "none" and not self.cookie_secure:
+            raise ConfigurationError(
+                "cookie_samesite='none' requires cookie_secure=True; "
+                "browsers reject the cookie otherwise.",
+                option="cookie_samesite",
+            )
+        if self.token_path is not None and (
+            not isinstance(self.token_path, str)
+            or not _COOKIE_PATH.fullmatch(self.token_path)
+        ):
+            raise ConfigurationError(
+                f"token_path {self.token_path!r} must be a path starting with '/'.",
+                option="token_path",
+            )
+        paths = self.exclude_paths
+        if isinstance(paths, str) or not all(
+            isinstance(p, str) and p.startswith("/") for p in paths
+        ):
+            raise ConfigurationError(
+                "exclude_paths must be a list of path prefixes starting with '/'.",
+                option="exclude_paths",
+            )
+        object.__setattr__(
+            self, "exclude_paths", tuple(p.rstrip("/") or "/" for p in paths)
+        )
+
+        suffix = [f"Path={self.cookie_path}"]
+        if self.cookie_domain:
+            suffix.append(f"Domain={self.cookie_domain}")
+        if self.cookie_secure:
+            suffix.append("Secure")
+        if self.cookie_httponly:
+            suffix.append("HttpOnly")
+        suffix.append(f"SameSite={self.cookie_samesite.capitalize()}")
+        object.__setattr__(self, "_cookie_suffix", "; ".join(suffix))
+
+    # The cookie attributes after Max-Age, built once in __post_init__.
+    _cookie_suffix: str = field(default="", init=False, repr=False, compare=False)
+
+    @property
+    def uses_header(self) -> bool:
+        """Whether tokens go out in response headers."""
+        return self.delivery != "cookie"
+
+    @property
+    def uses_cookie(self) -> bool:
+        """Whether tokens go out in a cookie."""
+        return self.delivery != "header"
+
+    @property
+    def watched_headers(self) -> frozenset[str]:
+        """Lower-case names of the response headers whose values
+        :meth:`edit_for_token` needs."""
+        return _WATCHED
+
+    def is_excluded(self, path: str) -> bool:
+        """Return whether ``path`` falls under one of ``exclude_paths``."""
+        for prefix in self.exclude_paths:
+            if prefix == "/" or path == prefix or path.startswith(prefix + "/"):
+                return True
+        return False
+
+    def is_token_path(self, path: str) -> bool:
+        """Return whether ``path`` is the token endpoint."""
+        return self.token_path is not None and path == self.token_path
+
+    def edit_for_token(
+        self,
+        token: TinybirdToken,
+        *,
+        now: float,
+        request_cookie: str | None,
+        current: Mapping[str, Sequence[str]],
+    ) -> ResponseEdit:
+        """Return the edit that delivers ``token`` on a response.
+
+        ``current`` maps the lower-case names in :attr:`watched_headers` to the
+        values the response already has (absent or empty when it has none).
+        The token's own header lines replace any the app set.
+        """
+        replace: dict[str, str] = {}
+        add: list[tuple[str, str]] = []
+        drop: frozenset[str] = frozenset()
+        drop_cookie = None
+
+        if self.uses_header:
+            drop = self._header_names
+            add.append((self.header_name, token.value))
+            add.append((self.expires_header_name, str(token.expires_at)))
+            replace[EXPOSE_HEADERS] = _merge_tokens(
+                current.get(EXPOSE_HEADERS, ()),
+                (self.header_name, self.expires_header_name),
+            )
+
+        if self.uses_cookie and request_cookie != token.value:
+            line = self.set_cookie_line(token, now)
+            if line is not None:
+                drop_cookie = self.cookie_name
+                add.append(("Set-Cookie", line))
+
+        if self.protect_cache:
+            replace[CACHE_CONTROL] = protect_cache_control(
+                current.get(CACHE_CONTROL, ())
+            )
+            vary = merge_vary(current.get(VARY, ()))
+            if vary is not None:
+                replace[VARY] = vary
+        return ResponseEdit(replace, drop, drop_cookie, add)
+
+    def edit_for_anonymous(self, *, request_cookie: str | None) -> ResponseEdit | None:
+        """Return the edit for a response without a principal, if it needs one.
+
+        A request that still carries the token cookie gets it deleted (logout);
+        otherwise the response is left alone.
+        """
+        if not self.uses_cookie or request_cookie is None:
+            return None
+        delete = f"{self.cookie_name}=; Max-Age=0; {self._cookie_suffix}"
+        return ResponseEdit(drop_cookie=self.cookie_name, add=[("Set-Cookie", delete)])
+
+    def set_cookie_line(self, token: TinybirdToken, now: float) -> str | None:
+        """Return the ``Set-Cookie`` value for ``token``, or ``None`` if too large.
+
+        ``Max-Age`` is the token's remaining lifetime, so the cookie expires
+        with the token.
+        """
+        line = (
+            f"{self.cookie_name}={token.value}; Max-Age={token.max_age(now)}; "
+            f"{self._cookie_suffix}"
+        )
+        size = len(line.encode())
+        if size <= MAX_COOKIE_BYTES:
+            return line
+        global _oversize_cookies
+        _oversize_cookies += 1
+        if _oversize_cookies == 1 or _oversize_cookies % 1000 == 0:
+            logger.error(
+                "Tinybird token cookie is %d bytes, over the %d that browsers keep, "
+                "so it was not sent (%d time(s) so far); deliver by header or "
+                "sign fewer scopes.",
+                size,
+                MAX_COOKIE_BYTES,
+                _oversize_cookies,
+            )
+        return None
+
+    def endpoint_response(
+        self, method: str, token: TinybirdToken | None
+    ) -> EndpointResponse:
+        """Return the token endpoint's response to ``method``.
+
+        GET and HEAD answer ``{"token", "expires_at", "api_url"}``, or 401 for
+        an anonymous request; other methods get 405. HEAD has GET's headers
+        and an empty body. Responses are never cacheable.
+        """
+        if method not in ("GET", "HEAD"):
+            status = 405
+            payload: dict[str, object] = {"error": "Method not allowed; use GET."}
+        elif token is None:
+            status = 401
+            payload = {"error": "Sign in to get a Tinybird token."}
+        else:
+            status = 200
+            payload = {
+                "token": token.value,
+                "expires_at": token.expires_at,
+                "api_url": token.api_url,
+            }
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        headers = [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+        ]
+        if status == 405:
+            headers.append(("Allow", "GET, HEAD"))
+        return EndpointResponse(status, headers, b"" if method == "HEAD" else body)
+
+    @property
+    def _header_names(self) -> frozenset[str]:
+        return frozenset({self.header_name.lower(), self.expires_header_name.lower()})
+
+
+# Oversized cookies seen in this process; the error is logged on the first and
+# every thousandth, so a misconfiguration cannot flood the log.
+_oversize_cookies = 0
+
+_WATCHED = frozenset({CACHE_CONTROL, VARY, EXPOSE_HEADERS})
+_RESERVED_HEADERS = frozenset(
+    {
+        "authorization",
+        "cache-control",
+        "content-length",
+        "content-type",
+        "cookie",
+        "set-cookie",
+        "vary",
+        "access-control-expose-headers",
+    }
+)
+
+
+def is_preflight(method: str, has_request_method_header: bool) -> bool:
+    """Return whether a request is a CORS preflight (``OPTIONS`` with
+    ``Access-Control-Request-Method``)."""
+    return method == "OPTIONS" and has_request_method_header
+
+
+def read_cookie(cookie_header: str | None, name: str) -> str | None:
+    """Return the value of cookie ``name`` from a ``Cookie`` header, if present.
+
+    Parsing follows browsers rather than :mod:`http.cookies`, which rejects a
+    whole header for one malformed pair.
+    """
+    if not cookie_header:
+        return None
+    for pair in cookie_header.split(";"):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip() == name:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            return value
+    return None
+
+
+def _split_list(values: Iterable[str]) -> list[str]:
+    # Split comma-separated header values, keeping commas inside quoted strings
+    # (``no-cache="Set-Cookie, Authorization"``) with their directive.
+    items: list[str] = []
+    for value in values:
+        current: list[str] = []
+        quoted = False
+        escaped = False
+        for char in value:
+            if escaped:
+                escaped = False
+            elif char == "\\" and quoted:
+                escaped = True
+            elif char == '"':
+                quoted = not quoted
+            elif char == "," and not quoted:
+                items.append("".join(current).strip())
+                current = []
+                continue
+            current.append(char)
+        items.append("".join(current).strip())
+    return [item for item in items if item]
+
+
+def protect_cache_control(values: Sequence[str]) -> str:
+    """Merge ``Cache-Control`` values into one that no shared cache may store.
+
+    ``public``, ``s-maxage`` and any ``private`` are removed, plain
+    ``private`` is added first, and every other directive is kept in order.
+    """
+    kept = [
+        directive
+        for directive in _split_list(values)
+        if directive.partition("=")[0].strip().lower() not in _SHARED_CACHE_DIRECTIVES
+    ]
+    return ", ".join(["private", *kept])
+
+
+def merge_vary(values: Sequence[str]) -> str | None:
+    """Return the ``Vary`` value with ``Cookie`` added once.
+
+    Returns ``None`` when the response already varies on everything (``*``),
+    so there is nothing to change.
+    """
+    if "*" in _split_list(values):
+        return None
+    return _merge_tokens(values, ("Cookie",))
+
+
+def _merge_tokens(values: Iterable[str], extra: Sequence[str]) -> str:
+    seen: set[str] = set()
+    merged: list[str] = []
+    for item in [*_split_list(values), *extra]:
+        lower = item.lower()
+        if lower not in seen:
+            seen.add(lower)
+            merged.append(item)
+    return ", ".join(merged)
+
+
+def _set_cookie_name(value: str) -> str:
+    return value.partition("=")[0].strip()

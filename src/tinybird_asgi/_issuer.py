@@ -1,0 +1,778 @@
+"""``TokenIssuer``: per-user Tinybird JWTs, signed with PyJWT and cached."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, TypeAlias, TypeVar
+from urllib.parse import urlsplit
+
+import jwt
+from cachetools import TLRUCache
+
+from ._errors import (
+    ConfigurationError,
+    IdentityError,
+    InvalidScopeError,
+    PolicyError,
+    SigningError,
+)
+from ._scopes import Scope
+from ._signing_key import DEFAULT_API_URL, REGION_API_URLS, read_token_payload
+
+__all__ = [
+    "AnonymousPrincipalError",
+    "TinybirdToken",
+    "TokenIssuer",
+    "default_identity",
+    "is_anonymous",
+]
+
+logger = logging.getLogger("tinybird_asgi")
+
+_T = TypeVar("_T")
+MaybeAwaitable: TypeAlias = _T | Awaitable[_T]
+Principal: TypeAlias = Any
+ScopesPolicy: TypeAlias = Callable[[Any], MaybeAwaitable[Iterable[Scope]]]
+IdentityFunc: TypeAlias = Callable[[Any], MaybeAwaitable[str]]
+NameFunc: TypeAlias = Callable[[Any], MaybeAwaitable[str]]
+RateLimitFunc: TypeAlias = Callable[[Any], MaybeAwaitable[int | None]]
+Seconds: TypeAlias = timedelta | float
+
+DEFAULT_TTL = 3600.0
+MAX_TTL = 86400.0
+# Even with allow_long_ttl, a lifetime beyond a year is a unit mistake
+# (milliseconds given as seconds), not a choice.
+HARD_MAX_TTL = 366 * 86400.0
+DEFAULT_REFRESH_MARGIN = 300.0
+DEFAULT_MAX_CACHED = 10_000
+MIN_KEY_BYTES = 32
+
+
+class AnonymousPrincipalError(PolicyError):
+    """Raised by ``token_for`` for ``None`` or an unauthenticated principal."""
+
+
+@dataclass(frozen=True, slots=True)
+class TinybirdToken:
+    """A signed Tinybird JWT and what a browser needs to use it.
+
+    ``repr`` leaves out the JWT itself, so a token can be logged safely.
+    """
+
+    value: str = field(repr=False)
+    """The JWT, sent as ``Authorization: Bearer <value>``."""
+    expires_at: int
+    """The JWT's ``exp`` claim, in Unix seconds."""
+    api_url: str
+    """The Tinybird API base URL the browser must call, without trailing slash."""
+
+    def max_age(self, now: float) -> int:
+        """Return the whole seconds of validity left at ``now`` (never negative)."""
+        return max(0, int(self.expires_at - now))
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    claims: tuple[object, ...]
+    key_id: object
+    refresh_at: float
+    token: TinybirdToken
+
+
+def is_anonymous(principal: object) -> bool:
+    """Return whether ``principal`` stands for no signed-in user.
+
+    ``None`` and objects whose ``is_authenticated`` is false (Starlette's
+    ``UnauthenticatedUser``, Flask-Login's ``AnonymousUserMixin``) are
+    anonymous.
+    """
+    if principal is None:
+        return True
+    try:
+        authenticated = principal.is_authenticated  # type: ignore[attr-defined]
+    except AttributeError:
+        return False
+    return not authenticated
+
+
+def default_identity(principal: object) -> str:
+    """Derive a stable identity string from a principal.
+
+    Tried in order: a ``str`` principal itself; Starlette's
+    ``BaseUser.identity`` (skipped when it raises ``NotImplementedError``, as
+    ``SimpleUser``'s does); a ``username`` attribute; Flask-Login's
+    ``get_id()``; an ``id`` attribute.
+
+    :raises IdentityError: when none of them gives a non-empty value.
+    """
+    if isinstance(principal, str):
+        return _check_identity(principal, "the principal string")
+
+    try:
+        identity = getattr(principal, "identity", None)
+    except NotImplementedError:
+        identity = None
+    if identity is not None and not callable(identity):
+        return _check_identity(identity, "principal.identity")
+
+    username = getattr(principal, "username", None)
+    if username is not None and not callable(username):
+        return _check_identity(username, "principal.username")
+
+    get_id = getattr(principal, "get_id", None)
+    if callable(get_id):
+        value = get_id()
+        if value is not None:
+            return _check_identity(value, "principal.get_id()")
+
+    value = getattr(principal, "id", None)
+    if value is not None and not callable(value):
+        return _check_identity(value, "principal.id")
+
+    raise IdentityError(
+        f"Cannot derive an identity from a principal of type "
+        f"{type(principal).__name__}: it has no identity, username, get_id() "
+        "or id; pass identity=<callable returning a str> to TokenIssuer."
+    )
+
+
+def _check_identity(value: object, source: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, uuid.UUID)):
+        raise IdentityError(
+            f"{source} has type {type(value).__name__}; an identity must be a str "
+            "or int, so pass identity=<callable returning a str> to TokenIssuer."
+        )
+    text = str(value)
+    if not text:
+        raise IdentityError(f"{source} is empty; an identity must be non-empty.")
+    return text
+
+
+def _seconds(option: str, value: object) -> float:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(
+            f"{option} must be a number of seconds or a timedelta, "
+            f"not {type(value).__name__}.",
+            option=option,
+        )
+    if not math.isfinite(value):
+        raise ConfigurationError(
+            f"{option} must be a finite number of seconds.", option=option
+        )
+    return float(value)
+
+
+def _check_signing_key(signing_key: object) -> str:
+    if not isinstance(signing_key, str):
+        raise ConfigurationError(
+            "signing_key must be the workspace admin token as a str, "
+            f"not {type(signing_key).__name__}.",
+            option="signing_key",
+        )
+    key = signing_key.strip()
+    if not key:
+        raise ConfigurationError(
+            "signing_key is empty; pass the workspace admin token "
+            "(set TINYBIRD_SIGNING_KEY when using TokenIssuer.from_env()).",
+            option="signing_key",
+        )
+    if len(key.encode()) < MIN_KEY_BYTES:
+        raise ConfigurationError(
+            f"signing_key is shorter than {MIN_KEY_BYTES} bytes, so it cannot be a "
+            "Tinybird workspace admin token and is too weak for HS256; "
+            "pass the workspace admin token.",
+            option="signing_key",
+        )
+    return key
+
+
+def _check_workspace_id(value: object, option: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            f"{option} must be the workspace UUID as a str, "
+            f"not {type(value).__name__}.",
+            option=option,
+        )
+    try:
+        return str(uuid.UUID(value.strip()))
+    except ValueError:
+        raise ConfigurationError(
+            f"{option} {value[:60]!r} is not a UUID; copy the workspace id from "
+            "the Tinybird UI or GET /v1/workspace.",
+            option=option,
+        ) from None
+
+
+def _check_api_url(value: object, option: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            f"{option} must be a URL str, not {type(value).__name__}.",
+            option=option,
+        )
+    url = value.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(
+            f"{option} {value[:100]!r} is not an http(s) URL; pass the Tinybird "
+            "API host, for example https://api.tinybird.co.",
+            option=option,
+        )
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigurationError(
+            f"{option} must not contain credentials, a query or a fragment.",
+            option=option,
+        )
+    return url
+
+
+def _api_url_from_host(host: object) -> str:
+    if not isinstance(host, str) or not host:
+        return DEFAULT_API_URL
+    if host.startswith(("http://", "https://")):
+        return _check_api_url(host, "api_url")
+    try:
+        return REGION_API_URLS[host]
+    except KeyError:
+        raise ConfigurationError(
+            f"The signing key names region {host[:60]!r}, which this version does "
+            "not know; pass api_url with your region's Tinybird API host.",
+            option="api_url",
+        ) from None
+
+
+def _call(
+    what: str, func: Callable[[Any], Any], principal: object, identity: str | None
+) -> Generator[Awaitable[Any], Any, Any]:
+    # Call a user callback; a coroutine result is yielded to the driver, which
+    # awaits it (atoken_for) or rejects it (token_for).
+    try:
+        result = func(principal)
+        if inspect.isawaitable(result):
+            result = yield result
+    except (InvalidScopeError, IdentityError) as exc:
+        raise PolicyError(
+            f"{what} failed for identity {identity!r}: {exc}", identity=identity
+        ) from exc
+    except Exception as exc:
+        raise PolicyError(
+            f"{what} raised {type(exc).__name__} for identity {identity!r}.",
+            identity=identity,
+        ) from exc
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class _Claims:
+    identity: str
+    name: str
+    rps: int | None
+    scopes: tuple[Scope, ...]
+
+
+class TokenIssuer:
+    """Build, sign and cache per-user Tinybird JWTs.
+
+    One issuer serves every request of an app and is safe to share between
+    threads. All options are validated here, so a misconfiguration fails at
+    start-up; see the README for each option.
+
+    :raises ConfigurationError: for any missing or invalid option.
+    """
+
+    def __init__(
+        self,
+        *,
+        signing_key: str,
+        scopes: Iterable[Scope] | ScopesPolicy,
+        workspace_id: str | None = None,
+        api_url: str | None = None,
+        ttl: Seconds = DEFAULT_TTL,
+        allow_long_ttl: bool = False,
+        refresh_margin: Seconds = DEFAULT_REFRESH_MARGIN,
+        exp_step: Seconds | None = None,
+        rate_limit: int | RateLimitFunc | None = None,
+        name: str | NameFunc | None = None,
+        identity: IdentityFunc | None = None,
+        max_cached: int = DEFAULT_MAX_CACHED,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        key = _check_signing_key(signing_key)
+        key_payload = read_token_payload(key)
+
+        if workspace_id is not None:
+            self._workspace_id = _check_workspace_id(workspace_id, "workspace_id")
+        elif isinstance(key_payload.get("u"), str):
+            self._workspace_id = _check_workspace_id(key_payload["u"], "workspace_id")
+        else:
+            raise ConfigurationError(
+                "workspace_id is missing and the signing key does not carry one; "
+                "pass workspace_id (or set TINYBIRD_WORKSPACE_ID).",
+                option="workspace_id",
+            )
+
+        if api_url is not None:
+            self._api_url = _check_api_url(api_url, "api_url")
+        else:
+            self._api_url = _api_url_from_host(key_payload.get("host"))
+
+        self._scopes_policy = self._check_scopes_option(scopes)
+        self._check_timing(ttl, allow_long_ttl, refresh_margin, exp_step)
+        self._rate_limit = self._check_rate_limit_option(rate_limit)
+
+        if (
+            name is not None
+            and not callable(name)
+            and (not isinstance(name, str) or not name.strip())
+        ):
+            raise ConfigurationError(
+                "name must be a non-empty str or a callable principal -> str.",
+                option="name",
+            )
+        self._name = name
+
+        if identity is not None and not callable(identity):
+            raise ConfigurationError(
+                "identity must be a callable principal -> str.", option="identity"
+            )
+        self._identity: IdentityFunc = identity or default_identity
+
+        if isinstance(max_cached, bool) or not isinstance(max_cached, int):
+            raise ConfigurationError(
+                f"max_cached must be an int, not {type(max_cached).__name__}.",
+                option="max_cached",
+            )
+        if max_cached < 1:
+            raise ConfigurationError(
+                "max_cached must be at least 1.", option="max_cached"
+            )
+        if not callable(clock):
+            raise ConfigurationError(
+                "clock must be a callable returning Unix seconds, like time.time.",
+                option="clock",
+            )
+        self._clock = clock
+        self._max_cached = max_cached
+
+        self._key = key
+        self._key_bytes = key.encode()
+        self._key_id = object()
+        self._lock = threading.Lock()
+        self._cache: TLRUCache[str, _Entry] = TLRUCache(
+            maxsize=max_cached, ttu=_entry_refresh_at, timer=clock
+        )
+        self._mint_count = 0
+
+    @classmethod
+    def from_env(
+        cls, *, environ: Mapping[str, str] | None = None, **options: Any
+    ) -> TokenIssuer:
+        """Build an issuer from environment variables plus ``options``.
+
+        Reads ``TINYBIRD_SIGNING_KEY`` (or ``TINYBIRD_ADMIN_TOKEN``),
+        ``TINYBIRD_WORKSPACE_ID`` and ``TINYBIRD_API_URL``. An option passed
+        here wins over its variable.
+
+        :raises ConfigurationError: when no signing key is set, or as the
+            constructor does.
+        """
+        env = os.environ if environ is None else environ
+        if "signing_key" not in options:
+            key = env.get("TINYBIRD_SIGNING_KEY") or env.get("TINYBIRD_ADMIN_TOKEN")
+            if not key:
+                raise ConfigurationError(
+                    "TINYBIRD_SIGNING_KEY is not set; set it (or "
+                    "TINYBIRD_ADMIN_TOKEN) to the workspace admin token.",
+                    option="TINYBIRD_SIGNING_KEY",
+                )
+            options["signing_key"] = key
+        for option, variable in (
+            ("workspace_id", "TINYBIRD_WORKSPACE_ID"),
+            ("api_url", "TINYBIRD_API_URL"),
+        ):
+            value = env.get(variable)
+            if option not in options and value:
+                options[option] = value
+        return cls(**options)
+
+    # Option checks
+
+    @staticmethod
+    def _check_scopes_option(scopes: object) -> ScopesPolicy:
+        if callable(scopes):
+            return scopes
+        if isinstance(scopes, (str, bytes, Mapping)) or not isinstance(
+            scopes, Iterable
+        ):
+            raise ConfigurationError(
+                "scopes must be a list of scopes (PipeRead, DatasourceRead, "
+                "DatasourceAppend) or a callable principal -> scopes.",
+                option="scopes",
+            )
+        fixed = tuple(scopes)
+        try:
+            _check_scopes(fixed)
+        except InvalidScopeError as exc:
+            raise ConfigurationError(f"scopes: {exc}", option="scopes") from exc
+        return lambda principal: fixed
+
+    def _check_timing(
+        self,
+        ttl: Seconds,
+        allow_long_ttl: bool,
+        refresh_margin: Seconds,
+        exp_step: Seconds | None,
+    ) -> None:
+        ttl_s = _seconds("ttl", ttl)
+        if ttl_s < 1:
+            raise ConfigurationError("ttl must be at least 1 second.", option="ttl")
+        if ttl_s > MAX_TTL and not allow_long_ttl:
+            raise ConfigurationError(
+                f"ttl is {ttl_s:g} s, over Tinybird's recommended 24 hours; lower "
+                "it, or pass allow_long_ttl=True if you accept longer-lived tokens.",
+                option="ttl",
+            )
+        if ttl_s > HARD_MAX_TTL:
+            raise ConfigurationError(
+                f"ttl is {ttl_s:g} s, over a year: is it in milliseconds? "
+                "Pass seconds or a timedelta.",
+                option="ttl",
+            )
+
+        margin = _seconds("refresh_margin", refresh_margin)
+        if not 0 <= margin < ttl_s:
+            raise ConfigurationError(
+                f"refresh_margin ({margin:g} s) must be at least 0 and less than "
+                f"ttl ({ttl_s:g} s).",
+                option="refresh_margin",
+            )
+
+        step = max(margin, 1.0) if exp_step is None else _seconds("exp_step", exp_step)
+        if step < 1 or step != int(step):
+            raise ConfigurationError(
+                "exp_step must be a whole number of seconds, at least 1.",
+                option="exp_step",
+            )
+        if ttl_s - step < margin:
+            raise ConfigurationError(
+                f"exp_step ({step:g} s) plus refresh_margin ({margin:g} s) exceeds "
+                f"ttl ({ttl_s:g} s), so a token could be served with less than "
+                "refresh_margin left; lower exp_step or refresh_margin, or raise ttl.",
+                option="exp_step",
+            )
+        self._ttl = ttl_s
+        self._refresh_margin = margin
+        self._exp_step = int(step)
+
+    @staticmethod
+    def _check_rate_limit_option(
+        rate_limit: int | RateLimitFunc | None,
+    ) -> RateLimitFunc | None:
+        if rate_limit is None or callable(rate_limit):
+            return rate_limit
+        try:
+            rps = _check_rps(rate_limit)
+        except InvalidScopeError as exc:
+            raise ConfigurationError(str(exc), option="rate_limit") from None
+        return lambda principal: rps
+
+    # Public read-only properties
+
+    @property
+    def workspace_id(self) -> str:
+        """The workspace UUID written into every token."""
+        return self._workspace_id
+
+    @property
+    def api_url(self) -> str:
+        """The Tinybird API base URL handed to the browser."""
+        return self._api_url
+
+    @property
+    def ttl(self) -> float:
+        """Upper bound of a token's lifetime, in seconds."""
+        return self._ttl
+
+    @property
+    def refresh_margin(self) -> float:
+        """Seconds before ``exp`` at which a cached token is replaced."""
+        return self._refresh_margin
+
+    @property
+    def exp_step(self) -> int:
+        """Seconds that every ``exp`` is a multiple of."""
+        return self._exp_step
+
+    @property
+    def mint_count(self) -> int:
+        """Number of tokens this issuer has signed."""
+        return self._mint_count
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock that ``exp`` and cache expiry are read from."""
+        return self._clock
+
+    def __len__(self) -> int:
+        """Return the number of users with a cached token."""
+        with self._lock:
+            return len(self._cache)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(workspace_id={self._workspace_id!r}, "
+            f"api_url={self._api_url!r}, ttl={self._ttl:g}, "
+            f"refresh_margin={self._refresh_margin:g})"
+        )
+
+    # Issuing
+
+    def token_for(self, principal: Principal) -> TinybirdToken:
+        """Return the principal's current token, minting one when needed.
+
+        :raises AnonymousPrincipalError: for ``None`` or an unauthenticated
+            principal.
+        :raises PolicyError: when the identity, scopes, name or rate-limit
+            callback fails or returns an invalid value, or returns an
+            awaitable (use :meth:`atoken_for` with async callbacks).
+        """
+        steps = self._claims_for(principal)
+        try:
+            awaitable = steps.send(None)
+        except StopIteration as done:
+            return self._issue(done.value)
+        steps.close()
+        if inspect.iscoroutine(awaitable):
+            awaitable.close()
+        raise PolicyError(
+            "A callback returned an awaitable; call atoken_for() for async "
+            "policies, identity, name or rate_limit callbacks."
+        )
+
+    async def atoken_for(self, principal: Principal) -> TinybirdToken:
+        """Return the principal's current token, awaiting async callbacks.
+
+        Raises as :meth:`token_for` does.
+        """
+        steps = self._claims_for(principal)
+        result: Any = None
+        while True:
+            try:
+                awaitable = steps.send(result)
+            except StopIteration as done:
+                return self._issue(done.value)
+            try:
+                result = await awaitable
+            except Exception as exc:
+                # Hand the failure to the generator so it is wrapped in the
+                # same PolicyError as a synchronous failure.
+                try:
+                    steps.throw(exc)
+                except StopIteration as done:
+                    return self._issue(done.value)
+                raise AssertionError("unreachable") from None  # pragma: no cover
+
+    def invalidate(self, principal: Principal) -> None:
+        """Drop the cached token of one principal, so the next call mints anew.
+
+        A ``str`` is taken as the identity itself.
+        """
+        identity = (
+            principal if isinstance(principal, str) else self._identity(principal)
+        )
+        if not isinstance(identity, str):
+            raise PolicyError(
+                "invalidate() needs a synchronous identity callback or an "
+                "identity string."
+            )
+        with self._lock:
+            self._cache.pop(identity, None)
+
+    def clear(self) -> None:
+        """Drop every cached token."""
+        with self._lock:
+            self._cache.clear()
+
+    def rotate_signing_key(self, signing_key: str) -> None:
+        """Sign with a new workspace admin token from now on.
+
+        Every cached token is dropped, and an entry signed with the old key is
+        never served, even by a call already in progress.
+
+        :raises ConfigurationError: for an invalid key, as the constructor.
+        """
+        key = _check_signing_key(signing_key)
+        with self._lock:
+            self._key = key
+            self._key_bytes = key.encode()
+            self._key_id = object()
+            self._cache.clear()
+        logger.info("Tinybird signing key rotated; cached tokens dropped")
+
+    def _claims_for(
+        self, principal: Principal
+    ) -> Generator[Awaitable[Any], Any, _Claims]:
+        if is_anonymous(principal):
+            raise AnonymousPrincipalError(
+                "No token is issued for an anonymous principal."
+            )
+
+        identity = yield from _call("identity", self._identity, principal, None)
+        if not isinstance(identity, str) or not identity:
+            raise IdentityError(
+                f"identity callback returned {type(identity).__name__} "
+                "instead of a non-empty str."
+            )
+
+        scopes = yield from _call(
+            "scopes policy", self._scopes_policy, principal, identity
+        )
+        scopes = _policy_scopes(scopes, identity)
+
+        if self._name is None:
+            name = identity
+        elif isinstance(self._name, str):
+            name = self._name
+        else:
+            name = yield from _call("name callback", self._name, principal, identity)
+            if not isinstance(name, str) or not name.strip():
+                raise PolicyError(
+                    f"name callback returned {name!r} for identity {identity!r}; "
+                    "it must return a non-empty str.",
+                    identity=identity,
+                )
+
+        rps = None
+        if self._rate_limit is not None:
+            value = yield from _call(
+                "rate_limit callback", self._rate_limit, principal, identity
+            )
+            try:
+                rps = _check_rps(value)
+            except InvalidScopeError as exc:
+                raise PolicyError(
+                    f"rate_limit callback for identity {identity!r}: {exc}",
+                    identity=identity,
+                ) from None
+        return _Claims(identity, name, rps, scopes)
+
+    def _issue(self, claims: _Claims) -> TinybirdToken:
+        key_claims = (claims.name, claims.rps, claims.scopes)
+        now = self._clock()
+
+        # The lock covers lookup, signing and insertion, so concurrent calls
+        # for one user mint once; no user callback runs under it.
+        with self._lock:
+            entry = self._cache.get(claims.identity)
+            if (
+                entry is not None
+                and entry.key_id is self._key_id
+                and now < entry.refresh_at
+                and entry.claims == key_claims
+            ):
+                return entry.token
+
+            token = self._sign(claims, now)
+            # Delete first: TLRUCache keeps no entry whose expiry is already past.
+            self._cache.pop(claims.identity, None)
+            self._cache[claims.identity] = _Entry(
+                key_claims,
+                self._key_id,
+                token.expires_at - self._refresh_margin,
+                token,
+            )
+            self._mint_count += 1
+
+        logger.debug(
+            "Minted Tinybird token for identity %r: %d scope(s), expires_at=%d",
+            claims.identity,
+            len(claims.scopes),
+            token.expires_at,
+        )
+        return token
+
+    def _sign(self, claims: _Claims, now: float) -> TinybirdToken:
+        # exp is aligned down to a multiple of exp_step, so every process with
+        # the same configuration signs byte-identical tokens within one step;
+        # the constructor guarantees ttl - exp_step >= refresh_margin.
+        step = self._exp_step
+        expires_at = int((now + self._ttl) // step) * step
+        payload: dict[str, Any] = {
+            "workspace_id": self._workspace_id,
+            "name": claims.name,
+            "exp": expires_at,
+            "scopes": [scope._claim for scope in claims.scopes],
+        }
+        if claims.rps is not None:
+            payload["limits"] = {"rps": claims.rps}
+        try:
+            value = jwt.encode(payload, self._key_bytes, algorithm="HS256")
+        except Exception as exc:
+            raise SigningError(
+                f"PyJWT failed to sign the token: {type(exc).__name__}."
+            ) from exc
+        return TinybirdToken(value, expires_at, self._api_url)
+
+
+def _entry_refresh_at(key: str, entry: _Entry, now: float) -> float:
+    return entry.refresh_at
+
+
+def _check_scopes(scopes: tuple[object, ...]) -> tuple[Scope, ...]:
+    if not scopes:
+        raise InvalidScopeError(
+            "the scope list is empty; a token needs at least one scope.",
+            field="scopes",
+        )
+    for scope in scopes:
+        if not isinstance(scope, Scope):
+            raise InvalidScopeError(
+                f"{type(scope).__name__} is not a scope; use PipeRead, "
+                "DatasourceRead or DatasourceAppend.",
+                field="scopes",
+            )
+    return scopes  # type: ignore[return-value]
+
+
+def _policy_scopes(scopes: object, identity: str) -> tuple[Scope, ...]:
+    if isinstance(scopes, Scope):
+        scopes = (scopes,)
+    elif isinstance(scopes, (str, bytes, Mapping)) or not isinstance(scopes, Iterable):
+        raise PolicyError(
+            f"scopes policy returned {type(scopes).__name__} for identity "
+            f"{identity!r}; it must return a list of scopes.",
+            identity=identity,
+        )
+    try:
+        return _check_scopes(tuple(scopes))
+    except InvalidScopeError as exc:
+        raise PolicyError(
+            f"scopes policy for identity {identity!r}: {exc}", identity=identity
+        ) from None
+
+
+def _check_rps(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidScopeError(
+            f"rate limit must be an int of requests per second or None, "
+            f"not {type(value).__name__}.",
+            field="rate_limit",
+        )
+    if value < 1:
+        raise InvalidScopeError(
+            f"rate limit {value} is not positive; pass None for no limit.",
+            field="rate_limit",
+        )
+    return value

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ._delivery import DeliveryConfig, DeliveryMode, SameSite
+from ._delivery import (
+    DeliveryConfig,
+    DeliveryMode,
+    DeliveryOptions,
+    EndpointResponse,
+    ResponseEdit,
+    SameSite,
+    read_cookie,
+)
 from ._errors import (
     ConfigurationError,
     IdentityError,
@@ -47,11 +55,14 @@ __all__ = [
     "DatasourceRead",
     "DeliveryConfig",
     "DeliveryMode",
+    "DeliveryOptions",
+    "EndpointResponse",
     "IdentityError",
     "InvalidScopeError",
     "ParamValue",
     "PipeRead",
     "PolicyError",
+    "ResponseEdit",
     "SameSite",
     "Scope",
     "SigningError",
@@ -62,5 +73,6 @@ __all__ = [
     "default_identity",
     "is_anonymous",
     "quote_literal",
+    "read_cookie",
     "sql_filter",
 ]

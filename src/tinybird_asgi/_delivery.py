@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias, get_args
+from typing import Literal, TypeAlias, TypedDict, get_args
 
 from ._errors import ConfigurationError
 from ._issuer import TinybirdToken
@@ -22,6 +22,7 @@ __all__ = [
     "MAX_COOKIE_BYTES",
     "DeliveryConfig",
     "DeliveryMode",
+    "DeliveryOptions",
     "EndpointResponse",
     "ResponseEdit",
     "SameSite",
@@ -48,6 +49,24 @@ _COOKIE_PATH = re.compile(r"/[\x21-\x3a\x3c-\x7e]*")
 _DOMAIN = re.compile(r"\.?[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 # Directives a shared cache may act on; a response carrying a token loses them.
 _SHARED_CACHE_DIRECTIVES = frozenset({"public", "s-maxage", "private"})
+
+
+class DeliveryOptions(TypedDict, total=False):
+    """Keyword options of :class:`DeliveryConfig`, for adapters that pass them
+    through (``**options: Unpack[DeliveryOptions]``)."""
+
+    delivery: DeliveryMode
+    header_name: str
+    expires_header_name: str
+    cookie_name: str
+    cookie_path: str
+    cookie_domain: str | None
+    cookie_secure: bool
+    cookie_samesite: SameSite
+    cookie_httponly: bool
+    token_path: str | None
+    exclude_paths: tuple[str, ...]
+    protect_cache: bool
 
 
 @dataclass(frozen=True, slots=True)

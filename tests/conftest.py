@@ -27,3 +27,6 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+pytest_plugins = ["tests.leak_guard"]

@@ -1,0 +1,115 @@
+"""A pytest plugin that fails the run if a secret reaches a log or an error.
+
+Over the whole session it records every signing key a ``TokenIssuer`` is
+built with and every JWT the issuer signs, and captures every log record (the
+project's loggers at DEBUG), every project exception message and every
+non-200 token endpoint body. When the session ends, any captured text that
+contains a recorded secret, or anything shaped like a JWT, fails the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import pytest
+
+from tinybird_asgi import _delivery, _errors, _issuer
+
+_JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
+_PROJECT_LOGGERS = ("tinybird_asgi", "tinybird_flask")
+
+secrets: set[str] = set()
+captured: list[tuple[str, str]] = []
+counts = {"records": 0, "mints": 0, "errors": 0}
+
+
+class _CaptureHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        counts["records"] += 1
+        try:
+            text = record.getMessage()
+        except Exception:  # a broken record is the logging call's own problem
+            text = str(record.msg)
+        if record.exc_info and record.exc_info[1] is not None:
+            text += " | " + repr(record.exc_info[1])
+        captured.append((f"log {record.name}:{record.levelname}", text))
+
+
+def _install_recorders() -> None:
+    check_key = _issuer._check_signing_key
+    sign = _issuer.TokenIssuer._sign
+    error_init = _errors.TinybirdError.__init__
+    endpoint_response = _delivery.DeliveryConfig.endpoint_response
+
+    def recording_check_key(signing_key: object) -> str:
+        key = check_key(signing_key)
+        secrets.add(key)
+        return key
+
+    def recording_sign(self: _issuer.TokenIssuer, *args: Any) -> Any:
+        token = sign(self, *args)
+        counts["mints"] += 1
+        secrets.add(token.value)
+        return token
+
+    def recording_error_init(self: Exception, *args: Any, **kwargs: Any) -> None:
+        error_init(self, *args, **kwargs)
+        counts["errors"] += 1
+        captured.append((f"exception {type(self).__name__}", str(self)))
+
+    def recording_endpoint_response(
+        self: _delivery.DeliveryConfig, *args: Any, **kwargs: Any
+    ) -> Any:
+        response = endpoint_response(self, *args, **kwargs)
+        if response.status != 200:
+            captured.append(("endpoint body", response.body.decode()))
+        return response
+
+    # setattr keeps mypy from checking each wrapper against the exact signature.
+    setattr(_issuer, "_check_signing_key", recording_check_key)  # noqa: B010
+    setattr(_issuer.TokenIssuer, "_sign", recording_sign)  # noqa: B010
+    setattr(_errors.TinybirdError, "__init__", recording_error_init)  # noqa: B010
+    setattr(  # noqa: B010
+        _delivery.DeliveryConfig, "endpoint_response", recording_endpoint_response
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    handler = _CaptureHandler(level=logging.DEBUG)
+    logging.getLogger().addHandler(handler)
+    for name in _PROJECT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    _install_recorders()
+
+
+def find_leaks() -> list[str]:
+    """Return a description of every captured text that contains a secret."""
+    leaks = []
+    for source, text in captured:
+        if _JWT_SHAPE.search(text):
+            leaks.append(f"{source}: a JWT-shaped string")
+            continue
+        for secret in secrets:
+            if secret in text:
+                leaks.append(f"{source}: a signing key or token")
+                break
+    return leaks
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    leaks = find_leaks()
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    summary = (
+        f"leak guard: scanned {len(captured)} texts ({counts['records']} log "
+        f"records, {counts['errors']} exceptions) against {len(secrets)} secrets "
+        f"from {counts['mints']} mints"
+    )
+    if reporter is not None:
+        reporter.write_line(summary)
+    if leaks:
+        if reporter is not None:
+            for leak in sorted(set(leaks)):
+                reporter.write_line(f"leak guard: LEAK in {leak}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -674,10 +674,13 @@ class TokenIssuer:
         # for one user mint once; no user callback runs under it.
         with self._lock:
             entry = self._cache.get(claims.identity)
+            # An entry whose exp lies more than ttl ahead was minted before the
+            # clock jumped backwards; it would outlive ttl, so it is replaced.
             if (
                 entry is not None
                 and entry.key_id is self._key_id
                 and now < entry.refresh_at
+                and entry.token.expires_at <= now + self._ttl
                 and entry.claims == key_claims
             ):
                 return entry.token

@@ -1,0 +1,82 @@
+"""TokenIssuer under clock jumps, key rotation and a full cache."""
+
+from __future__ import annotations
+
+import jwt
+
+from tinybird_asgi import PipeRead, TokenIssuer
+
+from .conftest import SIGNING_KEY, WORKSPACE_ID, FakeClock
+
+OTHER_KEY = "p.another-signing-key-abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def _issuer(clock: FakeClock, **options: object) -> TokenIssuer:
+    return TokenIssuer(
+        signing_key=SIGNING_KEY,
+        workspace_id=WORKSPACE_ID,
+        scopes=lambda user: [PipeRead("events", fixed_params={"user": user})],
+        clock=clock,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def test_clock_backwards_replaces_token_beyond_ttl(clock: FakeClock) -> None:
+    issuer = _issuer(clock)
+    first = issuer.token_for("alice")
+
+    clock.advance(-7200)
+    second = issuer.token_for("alice")
+
+    assert second.value != first.value
+    assert second.expires_at <= clock() + issuer.ttl
+    assert second.expires_at - clock() >= issuer.refresh_margin
+
+
+def test_clock_one_second_back_stays_within_ttl(clock: FakeClock) -> None:
+    issuer = _issuer(clock)
+    issuer.token_for("alice")
+
+    for _ in range(5):
+        clock.advance(-1)
+        token = issuer.token_for("alice")
+        assert token.expires_at <= clock() + issuer.ttl
+        assert token.expires_at - clock() >= issuer.refresh_margin
+
+
+def test_clock_forwards_past_expiry_mints_new(clock: FakeClock) -> None:
+    issuer = _issuer(clock)
+    first = issuer.token_for("alice")
+
+    clock.advance(2 * 3600)
+    second = issuer.token_for("alice")
+
+    assert second.expires_at > first.expires_at
+    assert second.expires_at - clock() >= issuer.refresh_margin
+    claims = jwt.decode(second.value, SIGNING_KEY, algorithms=["HS256"])
+    assert claims["exp"] == second.expires_at
+
+
+def test_rotated_key_never_serves_old_token(clock: FakeClock) -> None:
+    issuer = _issuer(clock)
+    old = issuer.token_for("alice")
+
+    issuer.rotate_signing_key(OTHER_KEY)
+    new = issuer.token_for("alice")
+
+    assert new.value != old.value
+    assert jwt.decode(new.value, OTHER_KEY, algorithms=["HS256"])["name"] == "alice"
+    assert issuer.mint_count == 2
+
+
+def test_full_cache_evicts_and_remints(clock: FakeClock) -> None:
+    issuer = _issuer(clock, max_cached=3)
+    for user in ("a", "b", "c", "d"):
+        issuer.token_for(user)
+
+    token = issuer.token_for("a")
+
+    assert len(issuer) == 3
+    assert issuer.mint_count == 5
+    claims = jwt.decode(token.value, SIGNING_KEY, algorithms=["HS256"])
+    assert claims["scopes"][0]["fixed_params"] == {"user": "a"}

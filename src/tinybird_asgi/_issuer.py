@@ -101,6 +101,9 @@ def is_anonymous(principal: object) -> bool:
         authenticated = principal.is_authenticated  # type: ignore[attr-defined]
     except AttributeError:
         return False
+    if callable(authenticated):
+        # Older user classes (Django before 1.10, for one) define a method.
+        authenticated = authenticated()
     return not authenticated
 
 
@@ -130,7 +133,11 @@ def default_identity(principal: object) -> str:
 
     get_id = getattr(principal, "get_id", None)
     if callable(get_id):
-        value = get_id()
+        try:
+            value = get_id()
+        except NotImplementedError:
+            # Flask-Login's UserMixin.get_id() raises it when there is no id.
+            value = None
         if value is not None:
             return _check_identity(value, "principal.get_id()")
 
@@ -197,18 +204,19 @@ def _check_signing_key(signing_key: object) -> str:
     return key
 
 
-def _check_workspace_id(value: object, option: str) -> str:
+def _check_workspace_id(value: object, option: str, label: str | None = None) -> str:
+    label = label or option
     if not isinstance(value, str):
         raise ConfigurationError(
-            f"{option} must be the workspace UUID as a str, "
-            f"not {type(value).__name__}.",
+            f"{label} must be the workspace UUID as a str, "
+            f"not {type(value).__name__}; pass workspace_id.",
             option=option,
         )
     try:
         return str(uuid.UUID(value.strip()))
     except ValueError:
         raise ConfigurationError(
-            f"{option} {value[:60]!r} is not a UUID; copy the workspace id from "
+            f"{label} {value[:60]!r} is not a UUID; pass workspace_id, copied from "
             "the Tinybird UI or GET /v1/workspace.",
             option=option,
         ) from None
@@ -260,7 +268,9 @@ def _call(
         result = func(principal)
         if inspect.isawaitable(result):
             result = yield result
-    except (InvalidScopeError, IdentityError) as exc:
+    except PolicyError:
+        raise
+    except InvalidScopeError as exc:
         raise PolicyError(
             f"{what} failed for identity {identity!r}: {exc}", identity=identity
         ) from exc
@@ -312,8 +322,10 @@ class TokenIssuer:
 
         if workspace_id is not None:
             self._workspace_id = _check_workspace_id(workspace_id, "workspace_id")
-        elif isinstance(key_payload.get("u"), str):
-            self._workspace_id = _check_workspace_id(key_payload["u"], "workspace_id")
+        elif "u" in key_payload:
+            self._workspace_id = _check_workspace_id(
+                key_payload["u"], "workspace_id", "the signing key's workspace id"
+            )
         else:
             raise ConfigurationError(
                 "workspace_id is missing and the signing key does not carry one; "
@@ -433,6 +445,12 @@ class TokenIssuer:
         refresh_margin: Seconds,
         exp_step: Seconds | None,
     ) -> None:
+        if not isinstance(allow_long_ttl, bool):
+            raise ConfigurationError(
+                "allow_long_ttl must be True or False, "
+                f"not {type(allow_long_ttl).__name__}.",
+                option="allow_long_ttl",
+            )
         ttl_s = _seconds("ttl", ttl)
         if ttl_s < 1:
             raise ConfigurationError("ttl must be at least 1 second.", option="ttl")
@@ -457,7 +475,10 @@ class TokenIssuer:
                 option="refresh_margin",
             )
 
-        step = max(margin, 1.0) if exp_step is None else _seconds("exp_step", exp_step)
+        if exp_step is None:
+            step = float(max(math.floor(margin), 1))
+        else:
+            step = _seconds("exp_step", exp_step)
         if step < 1 or step != int(step):
             raise ConfigurationError(
                 "exp_step must be a whole number of seconds, at least 1.",
@@ -528,6 +549,11 @@ class TokenIssuer:
         with self._lock:
             return len(self._cache)
 
+    def __bool__(self) -> bool:
+        # An issuer with an empty cache is still an issuer: ``if issuer:`` must
+        # not depend on __len__.
+        return True
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(workspace_id={self._workspace_id!r}, "
@@ -552,8 +578,7 @@ class TokenIssuer:
         except StopIteration as done:
             return self._issue(done.value)
         steps.close()
-        if inspect.iscoroutine(awaitable):
-            awaitable.close()
+        _discard(awaitable)
         raise PolicyError(
             "A callback returned an awaitable; call atoken_for() for async "
             "policies, identity, name or rate_limit callbacks."
@@ -587,13 +612,25 @@ class TokenIssuer:
 
         A ``str`` is taken as the identity itself.
         """
-        identity = (
-            principal if isinstance(principal, str) else self._identity(principal)
-        )
+        if isinstance(principal, str):
+            identity: object = principal
+        else:
+            steps = _call("identity", self._identity, principal, None)
+            try:
+                awaitable = steps.send(None)
+            except StopIteration as done:
+                identity = done.value
+            else:
+                steps.close()
+                _discard(awaitable)
+                raise PolicyError(
+                    "invalidate() needs a synchronous identity callback; pass the "
+                    "identity string instead."
+                )
         if not isinstance(identity, str):
-            raise PolicyError(
-                "invalidate() needs a synchronous identity callback or an "
-                "identity string."
+            raise IdentityError(
+                f"identity callback returned {type(identity).__name__} "
+                "instead of a non-empty str."
             )
         with self._lock:
             self._cache.pop(identity, None)
@@ -612,6 +649,15 @@ class TokenIssuer:
         :raises ConfigurationError: for an invalid key, as the constructor.
         """
         key = _check_signing_key(signing_key)
+        key_workspace = read_token_payload(key).get("u")
+        if key_workspace is not None and not _same_uuid(
+            key_workspace, self._workspace_id
+        ):
+            raise ConfigurationError(
+                "The new signing key belongs to another workspace than "
+                f"{self._workspace_id}; pass this workspace's admin token.",
+                option="signing_key",
+            )
         with self._lock:
             self._key = key
             self._key_bytes = key.encode()
@@ -668,11 +714,12 @@ class TokenIssuer:
 
     def _issue(self, claims: _Claims) -> TinybirdToken:
         key_claims = (claims.name, claims.rps, claims.scopes)
-        now = self._clock()
 
         # The lock covers lookup, signing and insertion, so concurrent calls
-        # for one user mint once; no user callback runs under it.
+        # for one user mint once; no user callback runs under it. The clock is
+        # read under it too, so a thread that waited never serves a stale entry.
         with self._lock:
+            now = self._clock()
             entry = self._cache.get(claims.identity)
             # An entry whose exp lies more than ttl ahead was minted before the
             # clock jumped backwards; it would outlive ttl, so it is replaced.
@@ -725,6 +772,19 @@ class TokenIssuer:
                 f"PyJWT failed to sign the token: {type(exc).__name__}."
             ) from exc
         return TinybirdToken(value, expires_at, self._api_url)
+
+
+def _same_uuid(value: object, workspace_id: str) -> bool:
+    try:
+        return str(uuid.UUID(str(value).strip())) == workspace_id
+    except ValueError:
+        return False
+
+
+def _discard(awaitable: Awaitable[Any]) -> None:
+    # Closing an unawaited coroutine stops Python warning that it never ran.
+    if inspect.iscoroutine(awaitable):
+        awaitable.close()
 
 
 def _entry_refresh_at(key: str, entry: _Entry, now: float) -> float:

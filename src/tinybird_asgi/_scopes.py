@@ -111,7 +111,10 @@ class Scope:
 
     def to_claim(self) -> dict[str, Any]:
         """Return a copy of this scope as an object of the JWT ``scopes`` claim."""
-        return dict(self._claim)
+        claim = dict(self._claim)
+        if "fixed_params" in claim:
+            claim["fixed_params"] = dict(claim["fixed_params"])
+        return claim
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Scope):
@@ -176,6 +179,10 @@ class PipeRead(Scope):
     def __repr__(self) -> str:
         return f"PipeRead({self.resource!r}, fixed_params={self.fixed_params!r})"
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # __setattr__ rejects writes, so copy and pickle rebuild through __init__.
+        return (PipeRead, (self.resource, self.fixed_params))
+
 
 class DatasourceRead(Scope):
     """``DATASOURCES:READ`` on one datasource, optionally with a SQL ``filter``.
@@ -217,6 +224,9 @@ class DatasourceRead(Scope):
     def __repr__(self) -> str:
         return f"DatasourceRead({self.resource!r}, filter={self.filter!r})"
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return (DatasourceRead, (self.resource, self.filter))
+
 
 class DatasourceAppend(Scope):
     """``DATASOURCES:APPEND`` on one datasource.
@@ -234,6 +244,9 @@ class DatasourceAppend(Scope):
 
     def __repr__(self) -> str:
         return f"DatasourceAppend({self.resource!r})"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (DatasourceAppend, (self.resource,))
 
 
 _ESCAPES = {
@@ -319,9 +332,12 @@ def sql_filter(**conditions: SqlValue | Iterable[SqlValue]) -> str:
                 )
             if isinstance(value, (set, frozenset)):
                 items.sort(key=repr)
+            for item in items:
+                _reject_empty_string(column, item)
             quoted = ", ".join(quote_literal(item) for item in items)
             parts.append(f"{column} IN ({quoted})")
         elif isinstance(value, (str, int, float)):
+            _reject_empty_string(column, value)
             parts.append(f"{column} = {quote_literal(value)}")
         else:
             raise InvalidScopeError(
@@ -330,3 +346,12 @@ def sql_filter(**conditions: SqlValue | Iterable[SqlValue]) -> str:
                 field="filter",
             )
     return " AND ".join(parts)
+
+
+def _reject_empty_string(column: str, value: object) -> None:
+    if value == "":
+        raise InvalidScopeError(
+            f"sql_filter value for {column!r} is an empty string; a missing tenant "
+            "value must not reach a filter, so pass a non-empty value.",
+            field="filter",
+        )

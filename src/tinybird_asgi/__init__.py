@@ -5,9 +5,8 @@ framework imports and does no I/O; ``tinybird_asgi.middleware`` and
 ``tinybird_flask`` adapt it to their frameworks.
 """
 
-from __future__ import annotations
-
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
 
 from ._delivery import (
     DeliveryConfig,
@@ -44,8 +43,8 @@ from ._scopes import (
 )
 
 try:
-    __version__ = version("tinybird-asgi")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = _version("tinybird-asgi")
+except _PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [

@@ -89,7 +89,7 @@ class _Entry:
 
 
 def is_anonymous(principal: object) -> bool:
-    """Return whether ``principal`` stands for no signed-in user.
+    """Return whether ``principal`` is no signed-in user.
 
     ``None`` and objects whose ``is_authenticated`` is false (Starlette's
     ``UnauthenticatedUser``, Flask-Login's ``AnonymousUserMixin``) are
@@ -102,7 +102,7 @@ def is_anonymous(principal: object) -> bool:
     except AttributeError:
         return False
     if callable(authenticated):
-        # Older user classes (Django before 1.10, for one) define a method.
+        # Some older user classes define is_authenticated as a method.
         authenticated = authenticated()
     return not authenticated
 
@@ -485,11 +485,13 @@ class TokenIssuer:
                 option="exp_step",
             )
         if ttl_s - step < margin:
+            # exp_step defaults to refresh_margin, so without an explicit step
+            # the margin is the option to change.
             raise ConfigurationError(
                 f"exp_step ({step:g} s) plus refresh_margin ({margin:g} s) exceeds "
                 f"ttl ({ttl_s:g} s), so a token could be served with less than "
                 "refresh_margin left; lower exp_step or refresh_margin, or raise ttl.",
-                option="exp_step",
+                option="refresh_margin" if exp_step is None else "exp_step",
             )
         self._ttl = ttl_s
         self._refresh_margin = margin

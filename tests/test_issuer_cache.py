@@ -1,0 +1,371 @@
+"""The per-user token cache: refresh, claims and key changes, LRU, threads."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import jwt
+import pytest
+
+from tests.conftest import SIGNING_KEY, START, FakeClock
+from tests.issuer_helpers import User, decode, make_issuer
+from tinybird_asgi import (
+    ConfigurationError,
+    PolicyError,
+    TinybirdToken,
+)
+
+NEW_KEY = "p.rotated-signing-key-9876543210zyxwvutsrqponmlkjihgfedcba"
+
+
+# Reuse and refresh
+
+
+def test_cache_reuses_token(clock: FakeClock) -> None:
+    issuer = make_issuer(clock)
+
+    first = issuer.token_for(User("alice"))
+    clock.advance(60)
+    second = issuer.token_for(User("alice"))
+
+    assert second is first
+    assert issuer.mint_count == 1
+
+
+def test_cache_refresh_before_margin(clock: FakeClock) -> None:
+    issuer = make_issuer(clock)
+    first = issuer.token_for(User("alice"))
+
+    clock.now = first.expires_at - issuer.refresh_margin - 1
+
+    assert issuer.token_for(User("alice")) is first
+    assert issuer.mint_count == 1
+
+
+def test_cache_refresh_at_margin(clock: FakeClock) -> None:
+    issuer = make_issuer(clock)
+    first = issuer.token_for(User("alice"))
+
+    clock.now = first.expires_at - issuer.refresh_margin
+    second = issuer.token_for(User("alice"))
+
+    assert second.value != first.value
+    assert second.expires_at > first.expires_at
+    assert issuer.mint_count == 2
+
+
+def test_cache_refresh_just_before_margin(clock: FakeClock) -> None:
+    issuer = make_issuer(clock)
+    first = issuer.token_for(User("alice"))
+
+    clock.now = first.expires_at - issuer.refresh_margin - 0.001
+
+    assert issuer.token_for(User("alice")) is first
+
+
+@pytest.mark.parametrize(
+    ("ttl", "margin", "step"),
+    [(3600, 300, None), (3600, 300, 60), (900, 120, 7), (61, 0, 1), (600, 299.5, None)],
+)
+def test_cache_served_validity_at_least_margin(
+    clock: FakeClock, ttl: float, margin: float, step: int | None
+) -> None:
+    clock.now = START + 13.25
+    issuer = make_issuer(clock, ttl=ttl, refresh_margin=margin, exp_step=step)
+    previous_exp = 0
+
+    # Walk through three lifetimes in steps that land on many phases of the
+    # exp step.
+    for _ in range(int(3 * ttl / 11.3)):
+        token = issuer.token_for(User("alice"))
+        assert token.expires_at - clock.now >= margin
+        assert token.expires_at <= clock.now + ttl
+        assert token.expires_at >= previous_exp
+        previous_exp = token.expires_at
+        clock.advance(11.3)
+
+    assert issuer.mint_count >= 3
+
+
+def test_cache_drops_entry_after_refresh_time(clock: FakeClock) -> None:
+    issuer = make_issuer(clock)
+    token = issuer.token_for(User("alice"))
+
+    clock.now = token.expires_at - issuer.refresh_margin
+
+    assert len(issuer) == 0
+
+
+# Claims changes
+
+
+def test_cache_new_token_on_org_switch(clock: FakeClock) -> None:
+    issuer = make_issuer(clock)
+    user = User("alice", org_id="acme")
+    first = issuer.token_for(user)
+
+    user.org_id = "globex"
+    second = issuer.token_for(user)
+
+    assert decode(first)["scopes"][0]["fixed_params"] == {"org_id": "acme"}
+    assert decode(second)["scopes"][0]["fixed_params"] == {"org_id": "globex"}
+    assert issuer.mint_count == 2
+    assert len(issuer) == 1
+
+
+def test_cache_switch_back_gets_own_org(clock: FakeClock) -> None:
+    issuer = make_issuer(clock)
+    user = User("alice", org_id="acme")
+    issuer.token_for(user)
+    user.org_id = "globex"
+    issuer.token_for(user)
+
+    user.org_id = "acme"
+    third = issuer.token_for(user)
+
+    assert decode(third)["scopes"][0]["fixed_params"] == {"org_id": "acme"}
+    assert issuer.mint_count == 3
+
+
+def test_cache_new_token_on_name_change(clock: FakeClock) -> None:
+    names = {"alice": "first"}
+    issuer = make_issuer(clock, name=lambda user: names[user.username])
+    issuer.token_for(User("alice"))
+
+    names["alice"] = "second"
+    token = issuer.token_for(User("alice"))
+
+    assert decode(token)["name"] == "second"
+
+
+def test_cache_new_token_on_rate_limit_change(clock: FakeClock) -> None:
+    limits = {"alice": 10}
+    issuer = make_issuer(clock, rate_limit=lambda user: limits[user.username])
+    issuer.token_for(User("alice"))
+
+    limits["alice"] = 3
+    token = issuer.token_for(User("alice"))
+
+    assert decode(token)["limits"] == {"rps": 3}
+
+
+def test_cache_failed_policy_keeps_nothing(clock: FakeClock) -> None:
+    issuer = make_issuer(clock)
+    user = User("alice")
+    issuer.token_for(user)
+
+    user.org_id = ""
+    with pytest.raises(PolicyError):
+        issuer.token_for(user)
+
+    assert issuer.mint_count == 1
+
+
+# Key rotation
+
+
+def test_rotate_key_new_token(clock: FakeClock) -> None:
+    issuer = make_issuer(clock)
+    first = issuer.token_for(User("alice"))
+
+    issuer.rotate_signing_key(NEW_KEY)
+    second = issuer.token_for(User("alice"))
+
+    assert second.value != first.value
+    assert decode(second, NEW_KEY)["name"] == "alice"
+    assert issuer.mint_count == 2
+
+
+def test_rotate_key_old_key_fails(clock: FakeClock) -> None:
+    issuer = make_issuer(clock)
+    issuer.token_for(User("alice"))
+
+    issuer.rotate_signing_key(NEW_KEY)
+    token = issuer.token_for(User("alice"))
+
+    with pytest.raises(jwt.InvalidSignatureError):
+        decode(token, SIGNING_KEY)
+
+
+def test_rotate_key_clears_cache(clock: FakeClock) -> None:
+    issuer = make_issuer(clock)
+    issuer.token_for(User("alice"))
+    issuer.token_for(User("bob"))
+
+    issuer.rotate_signing_key(NEW_KEY)
+
+    assert len(issuer) == 0
+
+
+def test_rotate_key_rejects_short() -> None:
+    issuer = make_issuer(FakeClock())
+
+    with pytest.raises(ConfigurationError) as caught:
+        issuer.rotate_signing_key("p.short")
+
+    assert caught.value.option == "signing_key"
+
+
+def test_rotate_key_rejects_other_workspace() -> None:
+    payload = json.dumps({"u": "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"}).encode()
+    key = f"p.{base64.urlsafe_b64encode(payload).decode()}.signature-part-abcdef"
+    issuer = make_issuer(FakeClock())
+
+    with pytest.raises(ConfigurationError, match="another workspace") as caught:
+        issuer.rotate_signing_key(key)
+
+    assert caught.value.option == "signing_key"
+
+
+def test_rotate_key_failure_keeps_old_key(clock: FakeClock) -> None:
+    issuer = make_issuer(clock)
+
+    with pytest.raises(ConfigurationError):
+        issuer.rotate_signing_key("")
+    token = issuer.token_for(User("alice"))
+
+    assert decode(token, SIGNING_KEY)["name"] == "alice"
+
+
+# Bounds, invalidate and clear
+
+
+def test_cache_lru_bound(clock: FakeClock) -> None:
+    issuer = make_issuer(clock, max_cached=2)
+    issuer.token_for(User("alice"))
+    issuer.token_for(User("bob"))
+    issuer.token_for(User("alice"))
+
+    issuer.token_for(User("carol"))
+
+    assert len(issuer) == 2
+    assert issuer.mint_count == 3
+
+
+def test_cache_lru_keeps_recent(clock: FakeClock) -> None:
+    issuer = make_issuer(clock, max_cached=2)
+    alice = issuer.token_for(User("alice"))
+    issuer.token_for(User("bob"))
+    issuer.token_for(User("alice"))
+    issuer.token_for(User("carol"))
+
+    assert issuer.token_for(User("alice")) is alice
+    assert issuer.mint_count == 3
+
+
+def test_cache_lru_evicts_oldest(clock: FakeClock) -> None:
+    issuer = make_issuer(clock, max_cached=2)
+    issuer.token_for(User("alice"))
+    issuer.token_for(User("bob"))
+    issuer.token_for(User("alice"))
+    issuer.token_for(User("carol"))
+
+    issuer.token_for(User("bob"))
+
+    assert issuer.mint_count == 4
+
+
+def test_cache_bound_many_users(clock: FakeClock) -> None:
+    issuer = make_issuer(clock, max_cached=50)
+
+    for index in range(500):
+        issuer.token_for(User(f"user{index}"))
+
+    assert len(issuer) == 50
+
+
+def test_invalidate_principal(clock: FakeClock) -> None:
+    issuer = make_issuer(clock)
+    issuer.token_for(User("alice"))
+    bob = issuer.token_for(User("bob"))
+
+    issuer.invalidate(User("alice"))
+    issuer.token_for(User("alice"))
+
+    assert issuer.mint_count == 3
+    assert issuer.token_for(User("bob")) is bob
+
+
+def test_invalidate_identity_string(clock: FakeClock) -> None:
+    issuer = make_issuer(clock)
+    issuer.token_for(User("alice"))
+
+    issuer.invalidate("alice")
+
+    assert len(issuer) == 0
+
+
+def test_invalidate_unknown_is_noop(clock: FakeClock) -> None:
+    issuer = make_issuer(clock)
+    issuer.token_for(User("alice"))
+
+    issuer.invalidate("nobody")
+
+    assert len(issuer) == 1
+
+
+def test_invalidate_async_identity_rejected(clock: FakeClock) -> None:
+    async def identity(user: User) -> str:
+        return user.username
+
+    issuer = make_issuer(clock, identity=identity)
+
+    with pytest.raises(PolicyError, match="identity string"):
+        issuer.invalidate(User("alice"))
+
+
+def test_clear_drops_all(clock: FakeClock) -> None:
+    issuer = make_issuer(clock)
+    for name in ("alice", "bob", "carol"):
+        issuer.token_for(User(name))
+
+    issuer.clear()
+    issuer.token_for(User("alice"))
+
+    assert len(issuer) == 1
+    assert issuer.mint_count == 4
+
+
+# Threads
+
+
+def test_threads_get_own_tokens(clock: FakeClock) -> None:
+    users = [User(f"user{index}", org_id=f"org{index % 17}") for index in range(300)]
+    issuer = make_issuer(clock)
+    barrier = threading.Barrier(32)
+
+    def ask(seed: int) -> list[tuple[User, TinybirdToken]]:
+        order = list(users)
+        random.Random(seed).shuffle(order)
+        barrier.wait(timeout=30)
+        return [(user, issuer.token_for(user)) for user in order]
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        results = list(pool.map(ask, range(32)))
+
+    served = [pair for result in results for pair in result]
+    assert len(served) == 32 * len(users)
+    for user, token in served:
+        claims = decode(token)
+        assert claims["name"] == user.username
+        assert claims["scopes"][0]["fixed_params"] == {"org_id": user.org_id}
+    assert issuer.mint_count == len(users)
+
+
+def test_threads_same_user_one_mint(clock: FakeClock) -> None:
+    issuer = make_issuer(clock)
+    barrier = threading.Barrier(32)
+
+    def ask(_: int) -> str:
+        barrier.wait(timeout=30)
+        return issuer.token_for(User("alice")).value
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        values = set(pool.map(ask, range(32)))
+
+    assert len(values) == 1
+    assert issuer.mint_count == 1

@@ -1,0 +1,65 @@
+"""Package metadata, public names and shipped files."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.resources
+import types
+
+import tinybird_asgi
+import tinybird_flask
+
+
+def test_version_from_metadata() -> None:
+    assert tinybird_asgi.__version__ == importlib.metadata.version("tinybird-asgi")
+
+
+def test_flask_package_imports() -> None:
+    assert tinybird_flask.__version__ == tinybird_asgi.__version__
+
+
+def test_all_matches_public_names() -> None:
+    public = {
+        name
+        for name, value in vars(tinybird_asgi).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+
+    assert set(tinybird_asgi.__all__) == public | {"__version__"}
+
+
+def test_all_has_no_duplicates() -> None:
+    assert len(tinybird_asgi.__all__) == len(set(tinybird_asgi.__all__))
+
+
+def test_all_names_resolve() -> None:
+    for name in tinybird_asgi.__all__:
+        assert hasattr(tinybird_asgi, name), name
+
+
+def test_py_typed_shipped() -> None:
+    for package in ("tinybird_asgi", "tinybird_flask"):
+        assert importlib.resources.files(package).joinpath("py.typed").is_file()
+
+
+def test_runtime_dependencies() -> None:
+    requires = importlib.metadata.requires("tinybird-asgi") or []
+    runtime = sorted(
+        req.split(">")[0].lower() for req in requires if "extra ==" not in req
+    )
+
+    assert runtime == ["cachetools", "pyjwt"]
+
+
+def test_errors_share_root() -> None:
+    errors = [
+        tinybird_asgi.ConfigurationError,
+        tinybird_asgi.InvalidScopeError,
+        tinybird_asgi.PolicyError,
+        tinybird_asgi.IdentityError,
+        tinybird_asgi.AnonymousPrincipalError,
+        tinybird_asgi.SigningError,
+    ]
+
+    for error in errors:
+        assert issubclass(error, tinybird_asgi.TinybirdError), error.__name__

@@ -156,7 +156,9 @@ scope_strategy: st.SearchStrategy[Scope] = st.one_of(
         identifiers,
         st.one_of(
             st.none(),
-            st.builds(lambda value: sql_filter(org_id=value), st.text(max_size=40)),
+            st.builds(
+                lambda value: sql_filter(org_id=value), st.text(min_size=1, max_size=40)
+            ),
         ),
     ),
     st.builds(DatasourceAppend, identifiers),
@@ -217,7 +219,7 @@ def test_quote_literal_round_trips(value: str) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(value=st.text(), column=identifiers)
+@given(value=st.text(min_size=1), column=identifiers)
 def test_sql_filter_is_one_comparison(value: str, column: str) -> None:
     condition = sql_filter(**{column: value})
 

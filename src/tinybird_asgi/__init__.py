@@ -1,8 +1,9 @@
 """Per-user Tinybird JWTs for ASGI and Flask backends.
 
 The core (:class:`TokenIssuer`, the scopes and :class:`DeliveryConfig`) has no
-framework imports and does no I/O; ``tinybird_asgi.middleware`` and
-``tinybird_flask`` adapt it to their frameworks.
+framework imports and does no I/O; :class:`TinybirdMiddleware` (pure ASGI, in
+``tinybird_asgi.middleware``) and ``tinybird_flask`` adapt it to their
+frameworks.
 """
 
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
@@ -15,6 +16,7 @@ from ._delivery import (
     EndpointResponse,
     ResponseEdit,
     SameSite,
+    is_preflight,
     read_cookie,
 )
 from ._errors import (
@@ -41,6 +43,7 @@ from ._scopes import (
     quote_literal,
     sql_filter,
 )
+from .middleware import TinybirdMiddleware, get_token
 
 try:
     __version__ = _version("tinybird-asgi")
@@ -66,11 +69,14 @@ __all__ = [
     "Scope",
     "SigningError",
     "TinybirdError",
+    "TinybirdMiddleware",
     "TinybirdToken",
     "TokenIssuer",
     "__version__",
     "default_identity",
+    "get_token",
     "is_anonymous",
+    "is_preflight",
     "quote_literal",
     "read_cookie",
     "sql_filter",

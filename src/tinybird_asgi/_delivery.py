@@ -26,6 +26,7 @@ __all__ = [
     "EndpointResponse",
     "ResponseEdit",
     "SameSite",
+    "is_preflight",
     "read_cookie",
 ]
 
@@ -65,7 +66,7 @@ class DeliveryOptions(TypedDict, total=False):
     cookie_samesite: SameSite
     cookie_httponly: bool
     token_path: str | None
-    exclude_paths: tuple[str, ...]
+    exclude_paths: Sequence[str]
     protect_cache: bool
 
 
@@ -94,6 +95,13 @@ class ResponseEdit:
             and _set_cookie_name(value) == self.drop_cookie
         )
 
+    def additions(self) -> list[tuple[str, str]]:
+        """Return the header lines this edit appends: the merged ``replace``
+        values under their usual spelling, then ``add``."""
+        lines = [(_CANONICAL.get(n, n), v) for n, v in self.replace.items()]
+        lines.extend(self.add)
+        return lines
+
     def apply(self, headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         """Return ``headers`` with this edit applied, keeping every other line."""
         kept = [
@@ -101,8 +109,7 @@ class ResponseEdit:
             for name, value in headers
             if not self.removes(name.lower(), value)
         ]
-        kept.extend((_CANONICAL.get(n, n), v) for n, v in self.replace.items())
-        kept.extend(self.add)
+        kept.extend(self.additions())
         return kept
 
 
@@ -146,8 +153,9 @@ class DeliveryConfig:
     token_path: str | None = None
     """Path of the token endpoint, such as ``"/tinybird/token"``; ``None`` for
     no endpoint."""
-    exclude_paths: tuple[str, ...] = ()
-    """Path prefixes that get no token; a prefix matches whole segments."""
+    exclude_paths: Sequence[str] = ()
+    """Path prefixes that get no token; a prefix matches whole segments.
+    Stored as a tuple."""
     protect_cache: bool = True
     """Mark token-carrying responses ``private`` and ``Vary: Cookie``.
     Turning it off lets a shared cache (CDN) serve one user's token to others."""
@@ -231,6 +239,12 @@ class DeliveryConfig:
         object.__setattr__(
             self, "exclude_paths", tuple(p.rstrip("/") or "/" for p in paths)
         )
+        if self.token_path is not None and self.is_excluded(self.token_path):
+            raise ConfigurationError(
+                f"token_path {self.token_path!r} falls under exclude_paths, so the "
+                "endpoint could never answer; move it or narrow exclude_paths.",
+                option="token_path",
+            )
 
         suffix = [f"Path={self.cookie_path}"]
         if self.cookie_domain:
@@ -353,17 +367,22 @@ class DeliveryConfig:
         return None
 
     def endpoint_response(
-        self, method: str, token: TinybirdToken | None
+        self, method: str, token: TinybirdToken | None, *, failed: bool = False
     ) -> EndpointResponse:
         """Return the token endpoint's response to ``method``.
 
         GET and HEAD answer ``{"token", "expires_at", "api_url"}``, or 401 for
-        an anonymous request; other methods get 405. HEAD has GET's headers
-        and an empty body. Responses are never cacheable.
+        an anonymous request, or 500 when ``failed`` says that issuing the
+        token raised (the adapter logs the cause); other methods get 405.
+        HEAD has GET's headers and an empty body. Responses are never
+        cacheable.
         """
         if method not in ("GET", "HEAD"):
             status = 405
             payload: dict[str, object] = {"error": "Method not allowed; use GET."}
+        elif failed:
+            status = 500
+            payload = {"error": "The Tinybird token could not be issued."}
         elif token is None:
             status = 401
             payload = {"error": "Sign in to get a Tinybird token."}

@@ -5,9 +5,15 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.resources
 import types
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
 
 import tinybird_asgi
 import tinybird_flask
+from tests.conftest import SIGNING_KEY, WORKSPACE_ID
 
 
 def test_version_from_metadata() -> None:
@@ -63,3 +69,27 @@ def test_errors_share_root() -> None:
 
     for error in errors:
         assert issubclass(error, tinybird_asgi.TinybirdError), error.__name__
+
+
+def test_readme_quickstart_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.setenv("TINYBIRD_SIGNING_KEY", SIGNING_KEY)
+    monkeypatch.setenv("TINYBIRD_WORKSPACE_ID", WORKSPACE_ID)
+    monkeypatch.delenv("TINYBIRD_ADMIN_TOKEN", raising=False)
+    monkeypatch.delenv("TINYBIRD_API_URL", raising=False)
+    # dataclass() looks the module up in sys.modules, so borrow this one.
+    namespace: dict[str, Any] = {"__name__": __name__}
+
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+
+    claims = jwt.decode(namespace["token"].value, SIGNING_KEY, algorithms=["HS256"])
+    assert claims["scopes"] == [
+        {
+            "type": "PIPES:READ",
+            "resource": "sales_by_day",
+            "fixed_params": {"org_id": "acme"},
+        }
+    ]
+    assert claims["limits"] == {"rps": 20}

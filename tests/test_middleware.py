@@ -577,6 +577,22 @@ async def test_cookie_oversize_not_sent_logged(
     assert value not in caplog.text
 
 
+async def test_cookie_oversize_error_not_repeated(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    def many_scopes(user: OrgUser) -> list[Scope]:
+        return [PipeRead(f"pipe_{i:03d}", {"org_id": user.org}) for i in range(80)]
+
+    issuer = make_issuer(clock, scopes=many_scopes)
+    middleware = TinybirdMiddleware(App(user=ALICE), issuer=issuer, delivery="cookie")
+    with caplog.at_level(logging.ERROR, logger="tinybird_asgi"):
+        starts = [await start_of(middleware) for _ in range(3)]
+
+    for start in starts:
+        assert header_values(start, "set-cookie") == []
+    assert len(caplog.records) == 1
+
+
 # Token endpoint
 
 

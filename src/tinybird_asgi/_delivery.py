@@ -8,10 +8,11 @@ and these plain ``str`` pairs.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias, TypedDict, get_args
 
@@ -258,6 +259,15 @@ class DeliveryConfig:
 
     # The cookie attributes after Max-Age, built once in __post_init__.
     _cookie_suffix: str = field(default="", init=False, repr=False, compare=False)
+    # Oversized cookies met by this configuration; the error is logged on the
+    # first and every thousandth, so a misconfiguration cannot flood the log.
+    # next() on itertools.count is atomic in CPython, so threads may share it.
+    _oversize_count: Iterator[int] = field(
+        default_factory=lambda: itertools.count(1),
+        init=False,
+        repr=False,
+        compare=False,
+    )
 
     @property
     def uses_header(self) -> bool:
@@ -353,16 +363,15 @@ class DeliveryConfig:
         size = len(line.encode())
         if size <= MAX_COOKIE_BYTES:
             return line
-        global _oversize_cookies
-        _oversize_cookies += 1
-        if _oversize_cookies == 1 or _oversize_cookies % 1000 == 0:
+        count = next(self._oversize_count)
+        if count == 1 or count % 1000 == 0:
             logger.error(
                 "Tinybird token cookie is %d bytes, over the %d that browsers keep, "
                 "so it was not sent (%d time(s) so far); deliver by header or "
                 "sign fewer scopes.",
                 size,
                 MAX_COOKIE_BYTES,
-                _oversize_cookies,
+                count,
             )
         return None
 
@@ -371,9 +380,9 @@ class DeliveryConfig:
     ) -> EndpointResponse:
         """Return the token endpoint's response to ``method``.
 
-        GET and HEAD answer ``{"token", "expires_at", "api_url"}``, or 401 for
-        an anonymous request, or 500 when ``failed`` says that issuing the
-        token raised (the adapter logs the cause); other methods get 405.
+        GET and HEAD return ``{"token", "expires_at", "api_url"}``, or 401 for
+        an anonymous request, or 500 when ``failed`` is true because issuing
+        the token raised (the adapter logs the cause). Other methods get 405.
         HEAD has GET's headers and an empty body. Responses are never
         cacheable.
         """
@@ -407,10 +416,6 @@ class DeliveryConfig:
     def _header_names(self) -> frozenset[str]:
         return frozenset({self.header_name.lower(), self.expires_header_name.lower()})
 
-
-# Oversized cookies seen in this process; the error is logged on the first and
-# every thousandth, so a misconfiguration cannot flood the log.
-_oversize_cookies = 0
 
 _WATCHED = frozenset({CACHE_CONTROL, VARY, EXPOSE_HEADERS})
 _RESERVED_HEADERS = frozenset(

@@ -267,7 +267,7 @@ class TinybirdMiddleware:
             current=current,
         )
 
-    async def token_for_scope(self, scope: ASGIScope) -> TinybirdToken | None:
+    async def _token_for_scope(self, scope: ASGIScope) -> TinybirdToken | None:
         """Return the token the response to ``scope`` carries, or ``None``.
 
         A failure is logged, as on the response, and gives ``None``.
@@ -323,5 +323,5 @@ async def get_token(request_or_scope: HasScope | ASGIScope) -> TinybirdToken | N
         ) from None
     if middleware is None:
         return None
-    token: TinybirdToken | None = await middleware.token_for_scope(scope)
+    token: TinybirdToken | None = await middleware._token_for_scope(scope)
     return token

@@ -1,0 +1,331 @@
+"""``TinybirdJWT``: the Flask extension over the shared token core."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+from flask import Blueprint, Flask, Response, current_app, g, request
+from werkzeug.datastructures import Headers
+
+from tinybird_asgi import (
+    AnonymousPrincipalError,
+    ConfigurationError,
+    DeliveryConfig,
+    PolicyError,
+    Scope,
+    TinybirdError,
+    TinybirdToken,
+    TokenIssuer,
+    default_identity,
+    read_cookie,
+)
+from tinybird_asgi._delivery import is_preflight
+
+from ._config import CONFIG_DEFAULTS, build_delivery, build_issuer, unknown_keys
+from ._principal import default_principal
+
+__all__ = ["ENDPOINT_NAME", "EXTENSION_NAME", "TinybirdJWT"]
+
+logger = logging.getLogger("tinybird_flask")
+
+EXTENSION_NAME = "tinybird"
+"""Key of the per-app state in ``app.extensions``."""
+ENDPOINT_NAME = "tinybird.token"
+"""Flask endpoint name of the token endpoint route."""
+
+_TOKEN_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+# g attribute caching (principal, token) for one request, so the Jinja global,
+# current_token() and the after_request hook call the scopes policy once.
+_G_CACHE = "_tinybird_cache"
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+ScopesPolicy = Callable[[Any], Iterable[Scope]]
+IdentityFunc = Callable[[Any], str]
+PrincipalLoader = Callable[[], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _AppState:
+    extension: TinybirdJWT
+    issuer: TokenIssuer
+    delivery: DeliveryConfig
+
+
+class TinybirdJWT:
+    """Deliver a per-user Tinybird JWT on the responses of a Flask app.
+
+    Pass ``app`` to set up one app at once, or call :meth:`init_app` from an
+    app factory. Options come from ``app.config`` (keys starting with
+    ``TINYBIRD_``, see the README); ``issuer`` replaces the issuer keys with a
+    :class:`TokenIssuer` built by the caller, shared by every app set up with
+    this extension.
+
+    :param scopes_policy: a callable ``principal -> scopes``; the same as
+        decorating it with :meth:`scopes_policy`.
+    :param clock: Unix-seconds clock of the issuers built from ``app.config``.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        issuer: TokenIssuer | None = None,
+        *,
+        scopes_policy: ScopesPolicy | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if issuer is not None and not isinstance(issuer, TokenIssuer):
+            raise ConfigurationError(
+                f"issuer must be a TokenIssuer, not {type(issuer).__name__}.",
+                option="issuer",
+            )
+        if issuer is not None and scopes_policy is not None:
+            raise _issuer_conflict("scopes_policy")
+        self._issuer = issuer
+        self._scopes_policy = scopes_policy
+        self._identity: IdentityFunc | None = None
+        self._principal_loader: PrincipalLoader | None = None
+        self._clock = clock
+        self._exempt_views: set[str] = set()
+        self._exempt_blueprints: set[str] = set()
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Read and validate ``app.config``, then register the hooks on ``app``.
+
+        :raises ConfigurationError: for an invalid ``TINYBIRD_*`` key, naming it.
+        """
+        if EXTENSION_NAME in app.extensions:
+            raise ConfigurationError(
+                f"TinybirdJWT is already set up on app {app.name!r}; "
+                "call init_app once per app.",
+                option="app",
+            )
+        for key, default in CONFIG_DEFAULTS.items():
+            app.config.setdefault(key, default)
+        for key in unknown_keys(app.config):
+            logger.warning(
+                "app.config[%r] is not a TinybirdJWT setting and is ignored; "
+                "check its spelling",
+                key,
+            )
+
+        delivery = build_delivery(app.config)
+        # TokenIssuer has __len__, so an issuer with an empty cache is falsy.
+        issuer = self._issuer
+        if issuer is None:
+            issuer = build_issuer(
+                app.config,
+                scopes=self._scopes_for,
+                identity=self._identity_for,
+                clock=self._clock,
+            )
+        app.extensions[EXTENSION_NAME] = _AppState(self, issuer, delivery)
+
+        if delivery.token_path is not None:
+            app.add_url_rule(
+                delivery.token_path,
+                endpoint=ENDPOINT_NAME,
+                view_func=self._token_view,
+                methods=_TOKEN_METHODS,
+            )
+        app.after_request(self._after_request)
+        app.add_template_global(self.current_token, "tinybird_token")
+
+    # Registration decorators
+
+    def scopes_policy(self, func: ScopesPolicy) -> ScopesPolicy:
+        """Register ``func(principal) -> scopes`` as the scopes policy."""
+        if self._issuer is not None:
+            raise _issuer_conflict("scopes_policy")
+        self._scopes_policy = func
+        return func
+
+    def identity(self, func: IdentityFunc) -> IdentityFunc:
+        """Register ``func(principal) -> str``, the identity tokens are cached by.
+
+        Without one, :func:`tinybird_asgi.default_identity` is used.
+        """
+        if self._issuer is not None:
+            raise _issuer_conflict("identity")
+        self._identity = func
+        return func
+
+    def principal_loader(self, func: PrincipalLoader) -> PrincipalLoader:
+        """Register ``func() -> principal | None``, called once per request.
+
+        It replaces the default lookup (Flask-Login's ``current_user``, then
+        ``g.user``).
+        """
+        self._principal_loader = func
+        return func
+
+    @overload
+    def exempt(self, view: Blueprint) -> Blueprint: ...
+
+    @overload
+    def exempt(self, view: _F) -> _F: ...
+
+    def exempt(self, view: _F | Blueprint) -> _F | Blueprint:
+        """Exclude a view function or a whole blueprint from token delivery.
+
+        Use it as a decorator on a view, or call it with a blueprint. A view is
+        matched by module and qualified name, so it may sit under other
+        decorators that use :func:`functools.wraps`.
+        """
+        if isinstance(view, Blueprint):
+            self._exempt_blueprints.add(view.name)
+        else:
+            self._exempt_views.add(_view_name(view))
+        return view
+
+    # Per-request API
+
+    def current_token(self) -> TinybirdToken | None:
+        """Return the current user's token, or ``None`` when there is none.
+
+        Also registered as the Jinja global ``tinybird_token()``. A failing
+        policy is logged and gives ``None``; this method never raises.
+        """
+        try:
+            return self._token_for(self._principal())
+        except Exception as exc:
+            _log_failure(exc)
+            return None
+
+    def _state(self) -> _AppState:
+        state: _AppState = current_app.extensions[EXTENSION_NAME]
+        if state.extension is not self:
+            raise RuntimeError(  # pragma: no cover - init_app rejects a second one
+                "The current app is set up with another TinybirdJWT instance."
+            )
+        return state
+
+    def _principal(self) -> Any:
+        if self._principal_loader is not None:
+            return self._principal_loader()
+        return default_principal()
+
+    def _token_for(self, principal: Any) -> TinybirdToken | None:
+        cached: tuple[Any, TinybirdToken | None] | None = g.get(_G_CACHE)
+        if cached is not None and cached[0] is principal:
+            return cached[1]
+
+        token: TinybirdToken | None
+        if self._issuer is None and self._scopes_policy is None:
+            raise ConfigurationError(
+                "No scopes policy is registered; decorate a function "
+                "principal -> scopes with @tinybird.scopes_policy.",
+                option="scopes_policy",
+            )
+        try:
+            token = self._state().issuer.token_for(principal)
+        except AnonymousPrincipalError:
+            token = None
+        setattr(g, _G_CACHE, (principal, token))
+        return token
+
+    # Callbacks handed to issuers built from app.config
+
+    def _scopes_for(self, principal: Any) -> Iterable[Scope]:
+        if self._scopes_policy is None:  # pragma: no cover - checked by _token_for
+            raise RuntimeError("no scopes policy is registered")
+        return self._scopes_policy(principal)
+
+    def _identity_for(self, principal: Any) -> str:
+        if self._identity is None:
+            return default_identity(principal)
+        return self._identity(principal)
+
+    # Hooks
+
+    def _token_view(self) -> Response:
+        token = self.current_token()
+        endpoint = self._state().delivery.endpoint_response(request.method, token)
+        response = Response(endpoint.body, status=endpoint.status)
+        # The core's headers replace Flask's, so HEAD keeps GET's Content-Length.
+        response.headers = Headers(endpoint.headers)
+        return response
+
+    def _after_request(self, response: Response) -> Response:
+        # Flask skips the remaining after_request hooks when one raises, so
+        # this one never does: the response then goes out without a token.
+        try:
+            self._deliver(response)
+        except Exception as exc:
+            _log_failure(exc)
+        return response
+
+    def _deliver(self, response: Response) -> None:
+        delivery = self._state().delivery
+        if self._skips(delivery):
+            return
+
+        request_cookie = None
+        if delivery.uses_cookie:
+            request_cookie = read_cookie(
+                request.headers.get("Cookie"), delivery.cookie_name
+            )
+        token = self._token_for(self._principal())
+        if token is None:
+            edit = delivery.edit_for_anonymous(request_cookie=request_cookie)
+        else:
+            current = {
+                name: response.headers.getlist(name)
+                for name in delivery.watched_headers
+            }
+            edit = delivery.edit_for_token(
+                token,
+                now=self._state().issuer.clock(),
+                request_cookie=request_cookie,
+                current=current,
+            )
+        if edit is not None:
+            # Build the new headers completely before swapping them in, so a
+            # failure leaves the response as the view made it.
+            response.headers = Headers(edit.apply(response.headers.items()))
+
+    def _skips(self, delivery: DeliveryConfig) -> bool:
+        if request.endpoint == ENDPOINT_NAME:
+            return True
+        if is_preflight(
+            request.method, "Access-Control-Request-Method" in request.headers
+        ):
+            return True
+        if delivery.is_excluded(request.path):
+            return True
+        if any(name in self._exempt_blueprints for name in request.blueprints):
+            return True
+        view = current_app.view_functions.get(request.endpoint or "")
+        return view is not None and _view_name(view) in self._exempt_views
+
+
+def _view_name(view: Callable[..., Any]) -> str:
+    return f"{view.__module__}.{view.__qualname__}"
+
+
+def _issuer_conflict(what: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"{what} cannot be registered on a TinybirdJWT built with issuer=; "
+        f"pass {what} to that TokenIssuer instead.",
+        option=what,
+    )
+
+
+def _log_failure(exc: Exception) -> None:
+    # The core's messages name the identity and never a token or a key; other
+    # exceptions come from app callbacks and are logged by type, with their
+    # traceback.
+    identity = exc.identity if isinstance(exc, PolicyError) else None
+    reason = str(exc) if isinstance(exc, TinybirdError) else type(exc).__name__
+    logger.error(
+        "Tinybird token not delivered on %s %s for identity %r: %s",
+        request.method,
+        request.path,
+        identity,
+        reason,
+        exc_info=exc,
+    )

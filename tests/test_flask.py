@@ -1,0 +1,523 @@
+"""TinybirdJWT: extension setup, configuration keys, exemptions and hooks."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import flask
+import httpx
+import jwt
+import pytest
+
+from behaviour.apps import TestUser
+from behaviour.servers import serve_wsgi
+from conftest import SIGNING_KEY, START, WORKSPACE_ID, FakeClock
+from tinybird_asgi import ConfigurationError, DeliveryConfig, PipeRead, TokenIssuer
+from tinybird_flask import CONFIG_DEFAULTS, EXTENSION_NAME, TinybirdJWT
+
+HEADER = "X-Tinybird-Token"
+OTHER_KEY = "p.another-signing-key-abcdefghijklmnopqrstuvwxyz0123456789"
+ALICE = TestUser("alice", "acme")
+
+
+def org_scopes(user: TestUser) -> list[PipeRead]:
+    return [PipeRead("events", fixed_params={"org_id": user.org})]
+
+
+def base_config(**extra: Any) -> dict[str, Any]:
+    return {
+        "TINYBIRD_SIGNING_KEY": SIGNING_KEY,
+        "TINYBIRD_WORKSPACE_ID": WORKSPACE_ID,
+        **extra,
+    }
+
+
+def make_app(
+    tinybird: TinybirdJWT, *, user: TestUser | None = ALICE, **config: Any
+) -> flask.Flask:
+    """Build an app whose every request is made by ``user``, set up with tinybird."""
+    app = flask.Flask(__name__)
+    app.config.update(base_config(**config))
+    tinybird.init_app(app)
+
+    @app.before_request
+    def load_user() -> None:
+        flask.g.user = user
+
+    @app.route("/page")
+    def page() -> str:
+        return "ok"
+
+    return app
+
+
+def policy_extension(clock: FakeClock) -> TinybirdJWT:
+    return TinybirdJWT(scopes_policy=org_scopes, clock=clock)
+
+
+def fetch(app: flask.Flask, path: str = "/page") -> httpx.Response:
+    with serve_wsgi(app) as url:
+        return httpx.get(url + path, timeout=10.0)
+
+
+def decode(token: str, key: str = SIGNING_KEY) -> dict[str, Any]:
+    claims: dict[str, Any] = jwt.decode(token, key, algorithms=["HS256"])
+    return claims
+
+
+# Extension conventions
+
+
+def test_factory_pattern_delivers(clock: FakeClock) -> None:
+    tinybird = TinybirdJWT(clock=clock)
+
+    @tinybird.scopes_policy
+    def policy(user: TestUser) -> list[PipeRead]:
+        return org_scopes(user)
+
+    app = make_app(tinybird)
+    response = fetch(app)
+
+    assert decode(response.headers[HEADER])["name"] == "alice"
+    assert not hasattr(tinybird, "app")
+
+
+def test_app_argument_calls_init_app(clock: FakeClock) -> None:
+    app = flask.Flask(__name__)
+    app.config.update(base_config())
+
+    TinybirdJWT(app, scopes_policy=org_scopes, clock=clock)
+
+    assert EXTENSION_NAME in app.extensions
+    assert app.extensions[EXTENSION_NAME].issuer.workspace_id == WORKSPACE_ID
+
+
+def test_two_apps_keep_their_settings(clock: FakeClock) -> None:
+    tinybird = policy_extension(clock)
+    first = make_app(tinybird, TINYBIRD_TTL=600, TINYBIRD_REFRESH_MARGIN=60)
+    second = make_app(
+        tinybird,
+        TINYBIRD_SIGNING_KEY=OTHER_KEY,
+        TINYBIRD_DELIVERY="cookie",
+        TINYBIRD_COOKIE_NAME="tb_second",
+    )
+
+    first_response = fetch(first)
+    second_response = fetch(second)
+
+    assert decode(first_response.headers[HEADER])["exp"] == START + 600
+    assert first_response.headers.get_list("set-cookie") == []
+    assert HEADER not in second_response.headers
+    cookie = second_response.headers["set-cookie"]
+    assert cookie.startswith("tb_second=")
+    token = cookie.partition("=")[2].partition(";")[0]
+    assert decode(token, OTHER_KEY)["exp"] == START + 3600
+    with pytest.raises(jwt.InvalidSignatureError):
+        decode(token, SIGNING_KEY)
+
+
+def test_defaults_come_from_core(clock: FakeClock) -> None:
+    app = make_app(policy_extension(clock))
+    delivery = DeliveryConfig()
+
+    assert app.config["TINYBIRD_HEADER_NAME"] == delivery.header_name
+    assert app.config["TINYBIRD_COOKIE_SECURE"] is delivery.cookie_secure
+    assert app.config["TINYBIRD_DELIVERY"] == "header"
+    assert app.config["TINYBIRD_TTL"] == 3600
+    assert app.config["TINYBIRD_REFRESH_MARGIN"] == 300
+    assert set(CONFIG_DEFAULTS) <= set(app.config)
+
+
+def test_config_value_wins_over_default(clock: FakeClock) -> None:
+    app = make_app(policy_extension(clock), TINYBIRD_HEADER_NAME="X-TB")
+
+    assert app.config["TINYBIRD_HEADER_NAME"] == "X-TB"
+    assert app.extensions[EXTENSION_NAME].delivery.header_name == "X-TB"
+
+
+def test_exclude_paths_accepts_list(clock: FakeClock) -> None:
+    app = make_app(policy_extension(clock), TINYBIRD_EXCLUDE_PATHS=["/page"])
+
+    assert HEADER not in fetch(app).headers
+
+
+def test_init_app_twice_rejected(clock: FakeClock) -> None:
+    tinybird = policy_extension(clock)
+    app = make_app(tinybird)
+
+    with pytest.raises(ConfigurationError, match="already set up"):
+        tinybird.init_app(app)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("TINYBIRD_DELIVERY", "pigeon"),
+        ("TINYBIRD_HEADER_NAME", "Bad Name"),
+        ("TINYBIRD_EXPIRES_HEADER_NAME", "X-Tinybird-Token"),
+        ("TINYBIRD_COOKIE_NAME", "a;b"),
+        ("TINYBIRD_COOKIE_PATH", "app"),
+        ("TINYBIRD_COOKIE_DOMAIN", "bad domain"),
+        ("TINYBIRD_COOKIE_SECURE", "yes"),
+        ("TINYBIRD_COOKIE_SAMESITE", "sometimes"),
+        ("TINYBIRD_TOKEN_PATH", "token"),
+        ("TINYBIRD_EXCLUDE_PATHS", "/public"),
+        ("TINYBIRD_PROTECT_CACHE", 1),
+        ("TINYBIRD_WORKSPACE_ID", "not-a-uuid"),
+        ("TINYBIRD_API_URL", "ftp://api.tinybird.co"),
+        ("TINYBIRD_TTL", 0),
+        ("TINYBIRD_TTL", 3_600_000),
+        ("TINYBIRD_REFRESH_MARGIN", 3600),
+        ("TINYBIRD_EXP_STEP", 0.5),
+        ("TINYBIRD_RATE_LIMIT", 0),
+        ("TINYBIRD_TOKEN_NAME", " "),
+        ("TINYBIRD_MAX_CACHED", 0),
+    ],
+)
+def test_invalid_key_named(key: str, value: Any, clock: FakeClock) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        make_app(policy_extension(clock), **{key: value})
+
+    assert raised.value.option == key
+    assert key in str(raised.value)
+
+
+def test_samesite_none_needs_secure(clock: FakeClock) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        make_app(
+            policy_extension(clock),
+            TINYBIRD_COOKIE_SAMESITE="none",
+            TINYBIRD_COOKIE_SECURE=False,
+        )
+
+    assert raised.value.option == "TINYBIRD_COOKIE_SAMESITE"
+
+
+def test_missing_signing_key_named(clock: FakeClock) -> None:
+    app = flask.Flask(__name__)
+    app.config["TINYBIRD_WORKSPACE_ID"] = WORKSPACE_ID
+
+    with pytest.raises(ConfigurationError) as raised:
+        policy_extension(clock).init_app(app)
+
+    assert raised.value.option == "TINYBIRD_SIGNING_KEY"
+    assert "TINYBIRD_SIGNING_KEY" in str(raised.value)
+
+
+def test_short_signing_key_not_echoed(clock: FakeClock) -> None:
+    short_key = "p.too-short-secret"
+
+    with pytest.raises(ConfigurationError) as raised:
+        make_app(policy_extension(clock), TINYBIRD_SIGNING_KEY=short_key)
+
+    assert raised.value.option == "TINYBIRD_SIGNING_KEY"
+    assert short_key not in str(raised.value)
+
+
+def test_unknown_key_logged(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="tinybird_flask"):
+        make_app(policy_extension(clock), TINYBIRD_COOKIE_SECUR=False)
+
+    assert "TINYBIRD_COOKIE_SECUR" in caplog.text
+
+
+def test_issuer_argument_ignores_issuer_keys(clock: FakeClock) -> None:
+    issuer = TokenIssuer(
+        signing_key=OTHER_KEY,
+        workspace_id=WORKSPACE_ID,
+        scopes=org_scopes,
+        clock=clock,
+    )
+    app = make_app(TinybirdJWT(issuer=issuer), TINYBIRD_SIGNING_KEY="ignored")
+
+    token = fetch(app).headers[HEADER]
+
+    assert decode(token, OTHER_KEY)["name"] == "alice"
+
+
+def test_issuer_argument_rejects_policy_decorator(clock: FakeClock) -> None:
+    issuer = TokenIssuer(
+        signing_key=SIGNING_KEY, workspace_id=WORKSPACE_ID, scopes=org_scopes
+    )
+    tinybird = TinybirdJWT(issuer=issuer)
+
+    with pytest.raises(ConfigurationError) as raised:
+        tinybird.scopes_policy(org_scopes)
+
+    assert raised.value.option == "scopes_policy"
+
+
+def test_issuer_argument_type_checked() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        TinybirdJWT(issuer="p.key")  # type: ignore[arg-type]
+
+    assert raised.value.option == "issuer"
+
+
+# Decorators
+
+
+def test_identity_decorator_sets_name(clock: FakeClock) -> None:
+    tinybird = policy_extension(clock)
+
+    @tinybird.identity
+    def identity(user: TestUser) -> str:
+        return f"{user.org}/{user.identity}"
+
+    token = fetch(make_app(tinybird)).headers[HEADER]
+
+    assert decode(token)["name"] == "acme/alice"
+
+
+def test_principal_loader_replaces_g_user(clock: FakeClock) -> None:
+    tinybird = policy_extension(clock)
+
+    @tinybird.principal_loader
+    def load() -> TestUser:
+        return TestUser("carol", "initech")
+
+    token = fetch(make_app(tinybird, user=ALICE)).headers[HEADER]
+
+    assert decode(token)["name"] == "carol"
+
+
+def test_principal_loader_none_is_anonymous(clock: FakeClock) -> None:
+    tinybird = policy_extension(clock)
+    tinybird.principal_loader(lambda: None)
+
+    assert HEADER not in fetch(make_app(tinybird, user=ALICE)).headers
+
+
+def test_g_user_none_gets_no_token(clock: FakeClock) -> None:
+    response = fetch(make_app(policy_extension(clock), user=None))
+
+    assert HEADER not in response.headers
+
+
+# Exemptions
+
+
+def test_exempt_view_gets_no_token(clock: FakeClock) -> None:
+    tinybird = policy_extension(clock)
+    app = make_app(tinybird)
+
+    @app.route("/health")
+    @tinybird.exempt
+    def health() -> str:
+        return "up"
+
+    with serve_wsgi(app) as url:
+        exempt = httpx.get(url + "/health", timeout=10.0)
+        other = httpx.get(url + "/page", timeout=10.0)
+
+    assert exempt.text == "up"
+    assert HEADER not in exempt.headers
+    assert HEADER in other.headers
+
+
+def exempt_wrapper(view: Callable[[], str]) -> Callable[[], str]:
+    @functools.wraps(view)
+    def wrapper() -> str:
+        return view()
+
+    return wrapper
+
+
+def test_exempt_under_wrapping_decorator(clock: FakeClock) -> None:
+    tinybird = policy_extension(clock)
+    app = make_app(tinybird)
+
+    @app.route("/wrapped")
+    @exempt_wrapper
+    @tinybird.exempt
+    def wrapped() -> str:
+        return "wrapped"
+
+    assert HEADER not in fetch(app, "/wrapped").headers
+
+
+def test_exempt_blueprint_and_children(clock: FakeClock) -> None:
+    tinybird = policy_extension(clock)
+    api = flask.Blueprint("api", __name__, url_prefix="/api")
+    child = flask.Blueprint("child", __name__, url_prefix="/child")
+    other = flask.Blueprint("other", __name__, url_prefix="/other")
+
+    @api.route("/ping")
+    def api_ping() -> str:
+        return "api"
+
+    @child.route("/ping")
+    def child_ping() -> str:
+        return "child"
+
+    @other.route("/ping")
+    def other_ping() -> str:
+        return "other"
+
+    api.register_blueprint(child)
+    tinybird.exempt(api)
+    app = make_app(tinybird)
+    app.register_blueprint(api)
+    app.register_blueprint(other)
+
+    with serve_wsgi(app) as url:
+        api_response = httpx.get(url + "/api/ping", timeout=10.0)
+        child_response = httpx.get(url + "/api/child/ping", timeout=10.0)
+        other_response = httpx.get(url + "/other/ping", timeout=10.0)
+
+    assert child_response.text == "child"
+    assert HEADER not in api_response.headers
+    assert HEADER not in child_response.headers
+    assert HEADER in other_response.headers
+
+
+# Jinja global and current_token()
+
+
+def test_jinja_global_renders_token(clock: FakeClock) -> None:
+    calls: list[str] = []
+    tinybird = TinybirdJWT(clock=clock)
+
+    @tinybird.scopes_policy
+    def policy(user: TestUser) -> list[PipeRead]:
+        calls.append(user.identity)
+        return org_scopes(user)
+
+    app = make_app(tinybird)
+
+    @app.route("/rendered")
+    def rendered() -> str:
+        return flask.render_template_string(
+            "{{ tinybird_token().value }} {{ tinybird_token().expires_at }}"
+        )
+
+    response = fetch(app, "/rendered")
+
+    value, expires_at = response.text.split()
+    assert value == response.headers[HEADER]
+    assert decode(value)["exp"] == int(expires_at)
+    assert calls == ["alice"]
+
+
+def test_jinja_global_anonymous_none(clock: FakeClock) -> None:
+    app = make_app(policy_extension(clock), user=None)
+
+    @app.route("/rendered")
+    def rendered() -> str:
+        return flask.render_template_string("{{ tinybird_token() is none }}")
+
+    assert fetch(app, "/rendered").text == "True"
+
+
+def test_current_token_in_view(clock: FakeClock) -> None:
+    tinybird = policy_extension(clock)
+    app = make_app(tinybird)
+
+    @app.route("/json")
+    def as_json() -> dict[str, Any]:
+        token = tinybird.current_token()
+        assert token is not None
+        return {"token": token.value, "api_url": token.api_url}
+
+    response = fetch(app, "/json")
+
+    assert response.json()["token"] == response.headers[HEADER]
+    assert response.json()["api_url"] == "https://api.tinybird.co"
+
+
+# The after_request hook never raises
+
+
+def failing_policy(user: TestUser) -> list[PipeRead]:
+    raise RuntimeError("database down")
+
+
+def test_policy_error_logged_not_raised(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    tinybird = TinybirdJWT(scopes_policy=failing_policy, clock=clock)
+    app = make_app(tinybird, TINYBIRD_DELIVERY="both")
+
+    with caplog.at_level(logging.ERROR, logger="tinybird_flask"):
+        response = fetch(app)
+
+    assert response.status_code == 200
+    assert response.text == "ok"
+    assert HEADER not in response.headers
+    assert "set-cookie" not in response.headers
+    assert "cache-control" not in response.headers
+    assert "'alice'" in caplog.text
+    assert "GET /page" in caplog.text
+
+
+def test_loader_error_logged_not_raised(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    tinybird = policy_extension(clock)
+
+    @tinybird.principal_loader
+    def broken() -> TestUser:
+        raise KeyError("session")
+
+    with caplog.at_level(logging.ERROR, logger="tinybird_flask"):
+        response = fetch(make_app(tinybird))
+
+    assert response.status_code == 200
+    assert HEADER not in response.headers
+    assert "KeyError" in caplog.text
+
+
+def test_later_hooks_still_run(clock: FakeClock) -> None:
+    app = flask.Flask(__name__)
+    app.config.update(base_config())
+
+    # Flask runs after_request hooks in reverse order of registration, so
+    # this one runs after the extension's.
+    @app.after_request
+    def mark(response: flask.Response) -> flask.Response:
+        response.headers["X-Later-Hook"] = "ran"
+        return response
+
+    TinybirdJWT(app, scopes_policy=failing_policy, clock=clock)
+
+    @app.before_request
+    def load_user() -> None:
+        flask.g.user = ALICE
+
+    @app.route("/page")
+    def page() -> str:
+        return "ok"
+
+    response = fetch(app)
+
+    assert response.headers["x-later-hook"] == "ran"
+    assert HEADER not in response.headers
+
+
+def test_missing_policy_logged(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(TinybirdJWT(clock=clock))
+
+    with caplog.at_level(logging.ERROR, logger="tinybird_flask"):
+        response = fetch(app)
+
+    assert response.status_code == 200
+    assert HEADER not in response.headers
+    assert "scopes_policy" in caplog.text
+
+
+def test_token_never_logged(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    app = make_app(policy_extension(clock))
+
+    with caplog.at_level(logging.DEBUG):
+        token = fetch(app).headers[HEADER]
+
+    # httpcore logs raw response headers at DEBUG; only this project's count.
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("tinybird")]
+    assert ours
+    assert not any(token in message for message in ours)
+    assert not any(SIGNING_KEY in message for message in ours)

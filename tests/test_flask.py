@@ -12,9 +12,9 @@ import httpx
 import jwt
 import pytest
 
-from behaviour.apps import TestUser
-from behaviour.servers import serve_wsgi
-from conftest import SIGNING_KEY, START, WORKSPACE_ID, FakeClock
+from tests.behaviour.apps import TestUser
+from tests.behaviour.servers import serve_wsgi
+from tests.conftest import SIGNING_KEY, START, WORKSPACE_ID, FakeClock
 from tinybird_asgi import ConfigurationError, DeliveryConfig, PipeRead, TokenIssuer
 from tinybird_flask import CONFIG_DEFAULTS, EXTENSION_NAME, TinybirdJWT
 
@@ -513,7 +513,7 @@ def test_missing_policy_logged(
 def test_token_never_logged(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
     app = make_app(policy_extension(clock))
 
-    with caplog.at_level(logging.DEBUG):
+    with caplog.at_level(logging.DEBUG, logger="tinybird_asgi"):
         token = fetch(app).headers[HEADER]
 
     # httpcore logs raw response headers at DEBUG; only this project's count.

@@ -11,9 +11,9 @@ import flask
 import httpx
 import jwt
 
-from behaviour.apps import USER_HEADER, parse_user
-from behaviour.servers import serve_wsgi
-from conftest import SIGNING_KEY, WORKSPACE_ID, FakeClock
+from tests.behaviour.apps import USER_HEADER, parse_user
+from tests.behaviour.servers import serve_wsgi
+from tests.conftest import SIGNING_KEY, WORKSPACE_ID, FakeClock
 from tinybird_asgi import PipeRead
 from tinybird_flask import TinybirdJWT
 

@@ -12,7 +12,7 @@ import httpx
 import jwt
 import pytest
 
-from conftest import SIGNING_KEY, WORKSPACE_ID, FakeClock
+from tests.conftest import SIGNING_KEY, WORKSPACE_ID, FakeClock
 
 from .apps import EXCLUDED, TOKEN_PATH, USER_HEADER, flask_app, issuer_for
 from .servers import serve_asgi, serve_wsgi

@@ -6,7 +6,7 @@ import json
 
 import httpx
 
-from conftest import START, WORKSPACE_ID
+from tests.conftest import START, WORKSPACE_ID
 
 from .apps import PAGE_BODY, TOKEN_PATH
 from .conftest import Serve, decode

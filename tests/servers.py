@@ -60,7 +60,10 @@ def serve_wsgi(app: Any) -> Iterator[str]:
     server = make_server(
         "127.0.0.1", 0, app, threaded=True, request_handler=_QuietRequestHandler
     )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # serve_forever checks for shutdown() every poll_interval seconds.
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_port}"

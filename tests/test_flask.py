@@ -13,8 +13,8 @@ import jwt
 import pytest
 
 from tests.behaviour.apps import TestUser
-from tests.behaviour.servers import serve_wsgi
 from tests.conftest import SIGNING_KEY, START, WORKSPACE_ID, FakeClock
+from tests.servers import serve_wsgi
 from tinybird_asgi import ConfigurationError, DeliveryConfig, PipeRead, TokenIssuer
 from tinybird_flask import CONFIG_DEFAULTS, EXTENSION_NAME, TinybirdJWT
 

@@ -17,8 +17,8 @@ from flask_login import (
     logout_user,
 )
 
-from tests.behaviour.servers import serve_wsgi
 from tests.conftest import SIGNING_KEY, WORKSPACE_ID, FakeClock
+from tests.servers import serve_wsgi
 from tinybird_asgi import PipeRead
 from tinybird_flask import TinybirdJWT
 

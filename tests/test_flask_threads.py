@@ -12,8 +12,8 @@ import httpx
 import jwt
 
 from tests.behaviour.apps import USER_HEADER, parse_user
-from tests.behaviour.servers import serve_wsgi
 from tests.conftest import SIGNING_KEY, WORKSPACE_ID, FakeClock
+from tests.servers import serve_wsgi
 from tinybird_asgi import PipeRead
 from tinybird_flask import TinybirdJWT
 

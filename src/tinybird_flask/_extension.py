@@ -20,9 +20,9 @@ from tinybird_asgi import (
     TinybirdToken,
     TokenIssuer,
     default_identity,
+    is_preflight,
     read_cookie,
 )
-from tinybird_asgi._delivery import is_preflight
 
 from ._config import CONFIG_DEFAULTS, build_delivery, build_issuer, unknown_keys
 from ._principal import default_principal
@@ -36,7 +36,9 @@ EXTENSION_NAME = "tinybird"
 ENDPOINT_NAME = "tinybird.token"
 """Flask endpoint name of the token endpoint route."""
 
-_TOKEN_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+# Every method reaches the token view, so the core answers 405 for the
+# others exactly as in the ASGI middleware.
+_TOKEN_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 # g attribute caching (principal, token) for one request, so the Jinja global,
 # current_token() and the after_request hook call the scopes policy once.
 _G_CACHE = "_tinybird_cache"
@@ -131,6 +133,7 @@ class TinybirdJWT:
                 endpoint=ENDPOINT_NAME,
                 view_func=self._token_view,
                 methods=_TOKEN_METHODS,
+                provide_automatic_options=False,
             )
         app.after_request(self._after_request)
         app.add_template_global(self.current_token, "tinybird_token")
@@ -243,33 +246,49 @@ class TinybirdJWT:
     # Hooks
 
     def _token_view(self) -> Response:
-        token = self.current_token()
-        endpoint = self._state().delivery.endpoint_response(request.method, token)
+        # Like the ASGI middleware, a CORS preflight goes to the app (here
+        # Flask's own OPTIONS reply) and every other method to the core.
+        if _is_preflight():
+            return current_app.make_default_options_response()
+
+        delivery = self._state().delivery
+        method = request.method
+        token = None
+        failed = False
+        if method in ("GET", "HEAD"):
+            try:
+                token = self._token_for(self._principal())
+            except Exception as exc:
+                _log_failure(exc)
+                failed = True
+
+        endpoint = delivery.endpoint_response(method, token, failed=failed)
         response = Response(endpoint.body, status=endpoint.status)
         # The core's headers replace Flask's, so HEAD keeps GET's Content-Length.
         response.headers = Headers(endpoint.headers)
+        if method in ("GET", "HEAD") and not failed:
+            self._apply_delivery(response, token)
         return response
 
     def _after_request(self, response: Response) -> Response:
         # Flask skips the remaining after_request hooks when one raises, so
         # this one never does: the response then goes out without a token.
         try:
-            self._deliver(response)
+            if not self._skips(self._state().delivery):
+                self._apply_delivery(response, self._token_for(self._principal()))
         except Exception as exc:
             _log_failure(exc)
         return response
 
-    def _deliver(self, response: Response) -> None:
-        delivery = self._state().delivery
-        if self._skips(delivery):
-            return
-
+    def _apply_delivery(self, response: Response, token: TinybirdToken | None) -> None:
+        # Put ``token`` on the response, or delete a stale cookie when None.
+        state = self._state()
+        delivery = state.delivery
         request_cookie = None
         if delivery.uses_cookie:
             request_cookie = read_cookie(
                 request.headers.get("Cookie"), delivery.cookie_name
             )
-        token = self._token_for(self._principal())
         if token is None:
             edit = delivery.edit_for_anonymous(request_cookie=request_cookie)
         else:
@@ -279,7 +298,7 @@ class TinybirdJWT:
             }
             edit = delivery.edit_for_token(
                 token,
-                now=self._state().issuer.clock(),
+                now=state.issuer.clock(),
                 request_cookie=request_cookie,
                 current=current,
             )
@@ -291,9 +310,7 @@ class TinybirdJWT:
     def _skips(self, delivery: DeliveryConfig) -> bool:
         if request.endpoint == ENDPOINT_NAME:
             return True
-        if is_preflight(
-            request.method, "Access-Control-Request-Method" in request.headers
-        ):
+        if _is_preflight():
             return True
         if delivery.is_excluded(request.path):
             return True
@@ -301,6 +318,12 @@ class TinybirdJWT:
             return True
         view = current_app.view_functions.get(request.endpoint or "")
         return view is not None and _view_name(view) in self._exempt_views
+
+
+def _is_preflight() -> bool:
+    return is_preflight(
+        request.method, "Access-Control-Request-Method" in request.headers
+    )
 
 
 def _view_name(view: Callable[..., Any]) -> str:

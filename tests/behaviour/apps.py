@@ -22,9 +22,19 @@ from collections.abc import Mapping
 from typing import Any
 
 import flask
-from starlette.authentication import BaseUser
+from starlette.applications import Starlette
+from starlette.authentication import (
+    AuthCredentials,
+    AuthenticationBackend,
+    BaseUser,
+)
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
-from tinybird_asgi import PipeRead, Scope, TokenIssuer
+from tinybird_asgi import PipeRead, Scope, TinybirdMiddleware, TokenIssuer
 from tinybird_flask import TinybirdJWT
 
 USER_HEADER = "X-Test-User"
@@ -116,3 +126,39 @@ def flask_app(issuer: TokenIssuer, options: Mapping[str, Any]) -> flask.Flask:
         return response
 
     return app
+
+
+class HeaderBackend(AuthenticationBackend):
+    """Starlette authentication from the ``X-Test-User`` header."""
+
+    async def authenticate(
+        self, conn: HTTPConnection
+    ) -> tuple[AuthCredentials, BaseUser] | None:
+        user = parse_user(conn.headers.get(USER_HEADER))
+        if user is None:
+            return None
+        return AuthCredentials(["authenticated"]), user
+
+
+async def asgi_page(request: Request) -> PlainTextResponse:
+    response = PlainTextResponse(PAGE_BODY)
+    for name, value in app_headers(request.query_params):
+        response.headers.append(name, value)
+    return response
+
+
+def asgi_app(issuer: TokenIssuer, options: Mapping[str, Any]) -> Starlette:
+    """Build the test app on :class:`TinybirdMiddleware` inside Starlette's
+    ``AuthenticationMiddleware``, which sets ``scope["user"]``."""
+    methods = ["GET", "OPTIONS"]
+    return Starlette(
+        routes=[
+            Route("/page", asgi_page, methods=methods),
+            Route("/public/page", asgi_page, methods=methods),
+            Route("/publicity", asgi_page, methods=methods),
+        ],
+        middleware=[
+            Middleware(AuthenticationMiddleware, backend=HeaderBackend()),
+            Middleware(TinybirdMiddleware, issuer=issuer, **options),
+        ],
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -13,20 +12,18 @@ import jwt
 import pytest
 
 from tests.conftest import SIGNING_KEY, WORKSPACE_ID, FakeClock
+from tests.servers import serve_asgi, serve_wsgi
 
-from .apps import EXCLUDED, TOKEN_PATH, USER_HEADER, flask_app, issuer_for
-from .servers import serve_asgi, serve_wsgi
+from .apps import (
+    EXCLUDED,
+    TOKEN_PATH,
+    USER_HEADER,
+    asgi_app,
+    flask_app,
+    issuer_for,
+)
 
-_HAS_ASGI = importlib.util.find_spec("tinybird_asgi.middleware") is not None
-ADAPTERS = [
-    pytest.param(
-        "asgi",
-        marks=pytest.mark.skipif(
-            not _HAS_ASGI, reason="the ASGI middleware is not in this tree yet"
-        ),
-    ),
-    "flask",
-]
+ADAPTERS = ["asgi", "flask"]
 
 
 @dataclass
@@ -75,8 +72,6 @@ def _build_app(adapter: str, clock: FakeClock, options: dict[str, Any]) -> Any:
     issuer = issuer_for(clock, SIGNING_KEY, WORKSPACE_ID)
     if adapter == "flask":
         return flask_app(issuer, options)
-    from .apps import asgi_app  # type: ignore[attr-defined,unused-ignore]
-
     return asgi_app(issuer, options)
 
 

@@ -313,7 +313,7 @@ def test_endpoint_returns_token(serve: Serve) -> None:
     payload = response.json()
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
-    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["cache-control"] == "private, no-store"
     assert set(payload) == {"token", "expires_at", "api_url"}
     assert decode(payload["token"])["name"] == "alice"
     assert payload["expires_at"] == START + TTL
@@ -354,14 +354,32 @@ def test_endpoint_head_has_no_body(serve: Serve) -> None:
     assert response.status_code == 200
     assert response.content == b""
     assert response.headers["content-length"] == str(length)
-    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["cache-control"] == "private, no-store"
 
 
-def test_endpoint_adds_no_delivery_headers(serve: Serve) -> None:
+def test_endpoint_delivers_like_pages(serve: Serve) -> None:
     response = serve(delivery="both").get(TOKEN_PATH, user=ALICE)
 
-    assert_no_token(response)
-    assert json.loads(response.content)["token"]
+    token = json.loads(response.content)["token"]
+    assert token_cookie(response)["value"] == token
+    assert response.headers[HEADER] == token
+    assert response.headers["cache-control"] == "private, no-store"
+
+
+def test_endpoint_anonymous_deletes_cookie(serve: Serve) -> None:
+    site = serve(delivery="cookie")
+
+    response = site.get(TOKEN_PATH, cookie=f"{COOKIE}=old-token")
+
+    assert response.status_code == 401
+    assert token_cookie(response)["max-age"] == "0"
+
+
+def test_endpoint_plain_options_is_405(serve: Serve) -> None:
+    response = serve().request("OPTIONS", TOKEN_PATH, user=ALICE)
+
+    assert response.status_code == 405
+    assert "token" not in response.json()
 
 
 def test_endpoint_absent_without_token_path(serve: Serve) -> None:
@@ -418,8 +436,12 @@ def test_policy_error_leaves_response_unchanged(serve: Serve) -> None:
     assert response.headers["cache-control"] == "public, max-age=60"
 
 
-def test_policy_error_endpoint_is_401(serve: Serve) -> None:
-    response = serve().get(TOKEN_PATH, user="boom:acme")
+def test_policy_error_endpoint_is_500(serve: Serve) -> None:
+    response = serve(delivery="both").get(
+        TOKEN_PATH, user="boom:acme", cookie=f"{COOKIE}=old-token"
+    )
 
-    assert response.status_code == 401
+    assert response.status_code == 500
+    assert response.headers["cache-control"] == "no-store"
     assert "token" not in response.json()
+    assert_no_token(response)

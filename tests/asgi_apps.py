@@ -77,6 +77,7 @@ def starlette_app(
     file_path: Path | None = None,
     stream_gate: threading.Event | None = None,
     cors: str | None = None,
+    tinybird_outermost: bool = False,
     **options: Any,
 ) -> Starlette:
     """A Starlette app with sessions and authentication.
@@ -84,7 +85,9 @@ def starlette_app(
     ``/login?user=&org=`` signs in, ``/logout`` signs out, ``/page`` returns
     the accessor's token, ``/stream`` streams two chunks (the second after
     ``stream_gate`` is set), ``/file`` serves ``file_path``. ``cors`` puts
-    ``CORSMiddleware`` "outside" or "inside" TinybirdMiddleware.
+    ``CORSMiddleware`` "outside" or "inside" TinybirdMiddleware, and
+    ``tinybird_outermost`` puts TinybirdMiddleware outside the session and
+    authentication middleware.
     """
 
     async def login(request: StarletteRequest) -> Response:
@@ -139,8 +142,12 @@ def starlette_app(
     middleware = [
         Middleware(SessionMiddleware, secret_key=SESSION_SECRET),
         Middleware(AuthenticationMiddleware, backend=SessionBackend()),
-        Middleware(TinybirdMiddleware, issuer=issuer, **options),
     ]
+    tinybird = Middleware(TinybirdMiddleware, issuer=issuer, **options)
+    if tinybird_outermost:
+        middleware.insert(0, tinybird)
+    else:
+        middleware.append(tinybird)
     if cors == "outside":
         middleware.insert(0, cors_middleware)
     elif cors == "inside":

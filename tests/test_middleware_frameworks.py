@@ -3,6 +3,7 @@ both in-process (``httpx.ASGITransport``) and through uvicorn on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -135,6 +136,46 @@ async def test_starlette_anonymous_gets_nothing(
     assert "x-tinybird-token" not in response.headers
     assert "set-cookie" not in response.headers
     assert "cache-control" not in response.headers
+
+
+async def test_starlette_outermost_still_sees_user(
+    connect: Connect, issuer: TokenIssuer
+) -> None:
+    app = starlette_app(
+        issuer,
+        tinybird_outermost=True,
+        delivery="both",
+        cookie_secure=False,
+        token_path="/tinybird/token",
+    )
+    client = connect(app)
+    await client.get("/login", params={"user": "alice"})
+
+    page = await client.get("/page")
+    endpoint = await client.get("/tinybird/token")
+
+    assert decode(page.headers["x-tinybird-token"])["name"] == "alice"
+    assert page.json() == {"token": page.headers["x-tinybird-token"]}
+    assert endpoint.status_code == 401
+
+
+async def test_concurrent_users_never_share_tokens(
+    connect: Connect, issuer: TokenIssuer
+) -> None:
+    client = connect(fastapi_app(issuer))
+    users = [f"user{i}@org{i % 3}" for i in range(8)]
+
+    responses = await asyncio.gather(
+        *(client.get("/me", headers={"X-User": user}) for user in users * 3)
+    )
+
+    for user, response in zip(users * 3, responses, strict=True):
+        name, _, org = user.partition("@")
+        claims = decode(response.headers["x-tinybird-token"])
+        assert claims["name"] == name
+        assert claims["scopes"][0]["fixed_params"] == {"org_id": org}
+        assert response.json()["token"] == response.headers["x-tinybird-token"]
+    assert issuer.mint_count == len(users)
 
 
 async def test_starlette_stream_unchanged(

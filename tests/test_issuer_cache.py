@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import random
+import sys
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import jwt
@@ -333,6 +335,17 @@ def test_clear_drops_all(clock: FakeClock) -> None:
 # Threads
 
 
+@pytest.fixture
+def frequent_thread_switches() -> Iterator[None]:
+    # Switching threads every microsecond instead of every 5 ms makes a
+    # missing lock show up as wrong tokens or extra mints.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(interval)
+
+
+@pytest.mark.usefixtures("frequent_thread_switches")
 def test_threads_get_own_tokens(clock: FakeClock) -> None:
     users = [User(f"user{index}", org_id=f"org{index % 17}") for index in range(300)]
     issuer = make_issuer(clock)
@@ -356,6 +369,7 @@ def test_threads_get_own_tokens(clock: FakeClock) -> None:
     assert issuer.mint_count == len(users)
 
 
+@pytest.mark.usefixtures("frequent_thread_switches")
 def test_threads_same_user_one_mint(clock: FakeClock) -> None:
     issuer = make_issuer(clock)
     barrier = threading.Barrier(32)

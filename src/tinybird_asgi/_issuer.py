@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, Self, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
 import jwt
@@ -388,7 +388,7 @@ class TokenIssuer:
     @classmethod
     def from_env(
         cls, *, environ: Mapping[str, str] | None = None, **options: Any
-    ) -> TokenIssuer:
+    ) -> Self:
         """Build an issuer from environment variables plus ``options``.
 
         Reads ``TINYBIRD_SIGNING_KEY`` (or ``TINYBIRD_ADMIN_TOKEN``),

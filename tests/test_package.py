@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.resources
+import subprocess
+import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -93,3 +95,19 @@ def test_readme_quickstart_runs(monkeypatch: pytest.MonkeyPatch) -> None:
         }
     ]
     assert claims["limits"] == {"rps": 20}
+
+
+def test_import_loads_no_framework() -> None:
+    # A fresh interpreter, because this test session has imported them all.
+    code = (
+        "import sys, tinybird_asgi; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} "
+        "& {'starlette', 'fastapi', 'flask', 'werkzeug', 'flask_login'}))"
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,1 @@
+"""Benchmarks for tinybird-asgi; run them with ``./scripts/bench``."""

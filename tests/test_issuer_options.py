@@ -377,6 +377,22 @@ def test_clock_not_callable() -> None:
 
 
 @pytest.mark.parametrize(
+    "reading",
+    [12_345.6, 1_800_000_000_000, -1, math.nan, "1800000000", None, True],
+    ids=["monotonic", "milliseconds", "negative", "nan", "str", "none", "bool"],
+)
+def test_clock_not_unix_seconds(reading: object) -> None:
+    error = option_error(clock=lambda: reading)
+
+    assert error.option == "clock"
+    assert "not Unix time in seconds" in str(error)
+
+
+def test_clock_time_time_accepted() -> None:
+    assert build().clock() > 1_000_000_000
+
+
+@pytest.mark.parametrize(
     "scopes",
     [[], "sales", b"sales", {"sales": 1}, PipeRead("sales"), [PipeRead("a"), "b"], 3],
     ids=["empty", "str", "bytes", "dict", "bare-scope", "str-item", "int"],

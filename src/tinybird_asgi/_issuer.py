@@ -55,6 +55,9 @@ HARD_MAX_TTL = 366 * 86400.0
 DEFAULT_REFRESH_MARGIN = 300.0
 DEFAULT_MAX_CACHED = 10_000
 MIN_KEY_BYTES = 32
+# The clock must read Unix seconds between 2001-09-09 and 2286-11-20.
+MIN_CLOCK = 1_000_000_000
+MAX_CLOCK = 9_999_999_999
 
 
 class AnonymousPrincipalError(PolicyError):
@@ -178,6 +181,21 @@ def _seconds(option: str, value: object) -> float:
             f"{option} must be a finite number of seconds.", option=option
         )
     return float(value)
+
+
+def _check_clock_reading(now: object) -> None:
+    # A monotonic clock (seconds since boot) or one in milliseconds would sign
+    # tokens that Tinybird rejects at once or that live for millennia.
+    if (
+        isinstance(now, bool)
+        or not isinstance(now, (int, float))
+        or not MIN_CLOCK <= now <= MAX_CLOCK
+    ):
+        raise ConfigurationError(
+            f"clock returned {now!r}, which is not Unix time in seconds; pass a "
+            "clock like time.time, not time.monotonic or a clock in milliseconds.",
+            option="clock",
+        )
 
 
 def _check_signing_key(signing_key: object) -> str:
@@ -373,6 +391,7 @@ class TokenIssuer:
                 "clock must be a callable returning Unix seconds, like time.time.",
                 option="clock",
             )
+        _check_clock_reading(clock())
         self._clock = clock
         self._max_cached = max_cached
 

@@ -390,7 +390,7 @@ def test_policy_raising_wrapped(clock: FakeClock) -> None:
     assert isinstance(caught.value.__cause__, KeyError)
 
 
-def test_policy_policy_error_unchanged(clock: FakeClock) -> None:
+def test_policy_error_propagates(clock: FakeClock) -> None:
     def policy(user: User) -> list[Scope]:
         raise AnonymousPrincipalError("user is suspended")
 

@@ -144,7 +144,7 @@ def test_cache_new_token_on_name_change(clock: FakeClock) -> None:
     assert decode(token)["name"] == "second"
 
 
-def test_cache_new_token_on_rate_limit_change(clock: FakeClock) -> None:
+def test_cache_new_token_on_limit_change(clock: FakeClock) -> None:
     limits = {"alice": 10}
     issuer = make_issuer(clock, rate_limit=lambda user: limits[user.username])
     issuer.token_for(User("alice"))

@@ -342,7 +342,7 @@ def test_exp_step_plus_margin_over_ttl() -> None:
     assert "exceeds" in str(error)
 
 
-def test_exp_step_default_margin_too_close_to_ttl() -> None:
+def test_refresh_margin_near_ttl() -> None:
     assert option_error(ttl=600, refresh_margin=301).option == "refresh_margin"
 
 
@@ -448,7 +448,7 @@ def test_from_env_admin_token_fallback(clock: FakeClock) -> None:
     assert issuer.api_url == "https://api.eu-central-1.aws.tinybird.co"
 
 
-def test_from_env_signing_key_wins_over_admin_token(clock: FakeClock) -> None:
+def test_from_env_key_precedence(clock: FakeClock) -> None:
     issuer = TokenIssuer.from_env(
         environ={
             "TINYBIRD_SIGNING_KEY": SIGNING_KEY,

@@ -1,7 +1,7 @@
 """Tinybird JWT scopes as immutable, validated values.
 
-A scope becomes one object of the JWT ``scopes`` claim. Tinybird knows three
-scope types for JWTs: ``PIPES:READ`` (with optional ``fixed_params``),
+A scope becomes one object of the JWT ``scopes`` claim. Tinybird JWTs take
+three scope types: ``PIPES:READ`` (with optional ``fixed_params``),
 ``DATASOURCES:READ`` (with an optional SQL ``filter``) and
 ``DATASOURCES:APPEND``. Tinybird's JWT documentation lists only the two read
 types; ``DATASOURCES:APPEND`` comes from the ``@tinybirdco/sdk`` types.

@@ -412,6 +412,17 @@ def test_jinja_global_anonymous_none(clock: FakeClock) -> None:
     assert fetch(app, "/rendered").text == "True"
 
 
+def test_current_token_outside_request_none(clock: FakeClock) -> None:
+    tinybird = policy_extension(clock)
+    app = make_app(tinybird)
+
+    with app.app_context():
+        rendered = flask.render_template_string("{{ tinybird_token() is none }}")
+
+    assert rendered == "True"
+    assert tinybird.current_token() is None
+
+
 def test_current_token_in_view(clock: FakeClock) -> None:
     tinybird = policy_extension(clock)
     app = make_app(tinybird)
@@ -450,7 +461,7 @@ def test_policy_error_logged_not_raised(
     assert "set-cookie" not in response.headers
     assert "cache-control" not in response.headers
     assert "'alice'" in caplog.text
-    assert "GET /page" in caplog.text
+    assert "GET '/page'" in caplog.text
 
 
 def test_loader_error_logged_not_raised(

@@ -7,7 +7,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    g,
+    has_request_context,
+    request,
+)
 from werkzeug.datastructures import Headers
 
 from tinybird_asgi import (
@@ -36,7 +44,7 @@ EXTENSION_NAME = "tinybird"
 ENDPOINT_NAME = "tinybird.token"
 """Flask endpoint name of the token endpoint route."""
 
-# Every method reaches the token view, so the core answers 405 for the
+# Every method reaches the token view, so the core returns 405 for the
 # others exactly as in the ASGI middleware.
 _TOKEN_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 # g attribute caching (principal, token) for one request, so the Jinja global,
@@ -190,9 +198,13 @@ class TinybirdJWT:
     def current_token(self) -> TinybirdToken | None:
         """Return the current user's token, or ``None`` when there is none.
 
-        Also registered as the Jinja global ``tinybird_token()``. A failing
-        policy is logged and gives ``None``; this method never raises.
+        Also registered as the Jinja global ``tinybird_token()``. Outside a
+        request (a template rendered by a CLI command) there is no user, so it
+        returns ``None``. A failing policy or principal loader is logged and
+        gives ``None``, so this method never raises.
         """
+        if not has_request_context():
+            return None
         try:
             return self._token_for(self._principal())
         except Exception as exc:
@@ -345,7 +357,8 @@ def _log_failure(exc: Exception) -> None:
     identity = exc.identity if isinstance(exc, PolicyError) else None
     reason = str(exc) if isinstance(exc, TinybirdError) else type(exc).__name__
     logger.error(
-        "Tinybird token not delivered on %s %s for identity %r: %s",
+        "Tinybird token not issued for %s %r (identity %r): %s; the response "
+        "goes out without a token.",
         request.method,
         request.path,
         identity,

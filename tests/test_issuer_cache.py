@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import jwt
 import pytest
+from flask_login import AnonymousUserMixin
+from starlette.authentication import UnauthenticatedUser
 
 from tests.conftest import SIGNING_KEY, START, FakeClock
 from tests.issuer_helpers import User, decode, make_issuer
@@ -306,6 +308,20 @@ def test_invalidate_unknown_is_noop(clock: FakeClock) -> None:
     issuer.token_for(User("alice"))
 
     issuer.invalidate("nobody")
+
+    assert len(issuer) == 1
+
+
+@pytest.mark.parametrize(
+    "principal",
+    [None, AnonymousUserMixin(), UnauthenticatedUser()],
+    ids=["none", "flask-login", "starlette"],
+)
+def test_invalidate_anonymous_is_noop(clock: FakeClock, principal: object) -> None:
+    issuer = make_issuer(clock)
+    issuer.token_for(User("alice"))
+
+    issuer.invalidate(principal)
 
     assert len(issuer) == 1
 

@@ -9,6 +9,7 @@ import sys
 import jwt
 
 from tests.conftest import SIGNING_KEY, START, WORKSPACE_ID
+from tinybird_asgi import PipeRead, TokenIssuer
 
 # Each child process builds its own issuer from the same configuration and a
 # fixed clock value, then prints one token per requested user.
@@ -60,6 +61,19 @@ def test_processes_same_step_identical() -> None:
     first, second = run_children(START + 10, START + 250.5)
 
     assert first == second
+
+
+def test_processes_match_parent_issuer() -> None:
+    (child_tokens,) = run_children(START + 42)
+    issuer = TokenIssuer(
+        signing_key=SIGNING_KEY,
+        workspace_id=WORKSPACE_ID,
+        scopes=lambda user: [PipeRead("sales", fixed_params={"org_id": user + "-org"})],
+        rate_limit=10,
+        clock=lambda: START + 42,
+    )
+
+    assert [issuer.token_for(user).value for user in USERS] == child_tokens
 
 
 def test_processes_tokens_valid() -> None:

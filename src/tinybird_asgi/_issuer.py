@@ -631,10 +631,13 @@ class TokenIssuer:
     def invalidate(self, principal: Principal) -> None:
         """Drop the cached token of one principal, so the next call mints anew.
 
-        A ``str`` is taken as the identity itself.
+        A ``str`` is taken as the identity itself. An anonymous principal has
+        no cached token, so nothing happens for it.
         """
         if isinstance(principal, str):
             identity: object = principal
+        elif is_anonymous(principal):
+            return
         else:
             steps = _call("identity", self._identity, principal, None)
             try:

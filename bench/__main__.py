@@ -13,6 +13,9 @@ from ._harness import CheckFailed, Table
 
 # Section name -> module under bench/ with a ``run(*, quick: bool) -> Table``.
 SECTIONS = {
+    "asgi": "asgi",
+    "flask": "flask_wsgi",
+    "http": "http",
     "minting": "minting",
     "memory": "memory",
     "stampede": "stampede",

@@ -1,23 +1,23 @@
 """Helpers for the ASGI middleware tests: an issuer on the fake clock, JWT
-decoding, raw ASGI calls and a uvicorn server on 127.0.0.1."""
+decoding and raw ASGI calls."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
-import uvicorn
 
 from tests.conftest import SIGNING_KEY, WORKSPACE_ID, FakeClock
+from tests.servers import serve_asgi
 from tinybird_asgi import PipeRead, Scope, TokenIssuer
 from tinybird_asgi._asgi_types import ASGIApp, ASGIScope, Message
 
 API_URL = "https://api.tinybird.co"
-SERVER_START_TIMEOUT = 10.0
+
+# Runs an ASGI app under uvicorn on 127.0.0.1 and yields its base URL.
+serve = serve_asgi
 
 
 @dataclass
@@ -107,41 +107,3 @@ def header_values(message: Message, name: str) -> list[str]:
         for key, value in message.get("headers", ())
         if key.lower() == lower
     ]
-
-
-class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.ready = threading.Event()
-
-    async def startup(self, sockets: list[Any] | None = None) -> None:
-        await super().startup(sockets)
-        self.ready.set()
-
-
-@contextlib.contextmanager
-def serve(app: ASGIApp) -> Iterator[str]:
-    """Run ``app`` under uvicorn on a free port of 127.0.0.1 and yield its
-    base URL; the server is stopped on exit."""
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        loop="asyncio",
-        http="h11",
-        ws="none",
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-    )
-    server = _Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    try:
-        if not server.ready.wait(SERVER_START_TIMEOUT) or not server.servers:
-            raise RuntimeError("uvicorn did not start within the timeout")
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(SERVER_START_TIMEOUT)

@@ -19,8 +19,9 @@ from tests.asgi_apps import (
     fastapi_app,
     starlette_app,
 )
-from tests.asgi_support import API_URL, decode, make_issuer, serve
+from tests.asgi_support import API_URL, decode, make_issuer
 from tests.conftest import FakeClock
+from tests.servers import serve_asgi
 from tinybird_asgi import TokenIssuer
 from tinybird_asgi._asgi_types import ASGIApp
 
@@ -34,7 +35,7 @@ async def connect(request: pytest.FixtureRequest) -> AsyncIterator[Connect]:
 
         def open_client(app: ASGIApp) -> httpx.AsyncClient:
             if request.param == "uvicorn":
-                base_url = stack.enter_context(serve(app))
+                base_url = stack.enter_context(serve_asgi(app))
                 client = httpx.AsyncClient(base_url=base_url)
             else:
                 client = httpx.AsyncClient(
@@ -369,7 +370,7 @@ def test_stream_first_chunk_arrives_before_second(issuer: TokenIssuer) -> None:
     gate = threading.Event()
     app = starlette_app(issuer, stream_gate=gate)
 
-    with serve(app) as base_url, httpx.Client(base_url=base_url) as client:
+    with serve_asgi(app) as base_url, httpx.Client(base_url=base_url) as client:
         client.get("/login", params={"user": "alice"})
         with client.stream("GET", "/stream") as response:
             token = response.headers["x-tinybird-token"]

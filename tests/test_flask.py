@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ import httpx
 import jwt
 import pytest
 
+import tinybird_flask
 from tests.behaviour.apps import TestUser
 from tests.conftest import SIGNING_KEY, START, WORKSPACE_ID, FakeClock
 from tests.servers import serve_wsgi
@@ -69,6 +71,16 @@ def decode(token: str, key: str = SIGNING_KEY) -> dict[str, Any]:
 
 
 # Extension conventions
+
+
+def test_flask_all_matches_public_names() -> None:
+    public = {
+        name
+        for name, value in vars(tinybird_flask).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+
+    assert set(tinybird_flask.__all__) == public | {"__version__"}
 
 
 def test_factory_pattern_delivers(clock: FakeClock) -> None:
@@ -250,6 +262,39 @@ def test_issuer_argument_rejects_policy_decorator(clock: FakeClock) -> None:
     assert raised.value.option == "scopes_policy"
 
 
+def test_issuer_argument_adds_no_issuer_keys(clock: FakeClock) -> None:
+    issuer = TokenIssuer(
+        signing_key=SIGNING_KEY, workspace_id=WORKSPACE_ID, scopes=org_scopes
+    )
+    app = flask.Flask(__name__)
+
+    TinybirdJWT(app, issuer=issuer)
+
+    assert "TINYBIRD_TTL" not in app.config
+    assert "TINYBIRD_SIGNING_KEY" not in app.config
+    assert app.config["TINYBIRD_DELIVERY"] == "header"
+
+
+def test_async_callback_rejected(clock: FakeClock) -> None:
+    tinybird = TinybirdJWT(clock=clock)
+
+    async def policy(user: TestUser) -> list[PipeRead]:
+        return org_scopes(user)
+
+    with pytest.raises(ConfigurationError) as raised:
+        tinybird.scopes_policy(policy)  # type: ignore[arg-type]
+
+    assert raised.value.option == "scopes_policy"
+    assert "async" in str(raised.value)
+
+
+def test_non_callable_loader_rejected(clock: FakeClock) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        TinybirdJWT(clock=clock).principal_loader("g.user")  # type: ignore[arg-type]
+
+    assert raised.value.option == "principal_loader"
+
+
 def test_issuer_argument_type_checked() -> None:
     with pytest.raises(ConfigurationError) as raised:
         TinybirdJWT(issuer="p.key")  # type: ignore[arg-type]
@@ -337,6 +382,19 @@ def test_exempt_under_wrapping_decorator(clock: FakeClock) -> None:
         return "wrapped"
 
     assert HEADER not in fetch(app, "/wrapped").headers
+
+
+def test_exempt_by_view_name(clock: FakeClock) -> None:
+    tinybird = policy_extension(clock)
+    app = make_app(tinybird)
+
+    @app.route("/named")
+    def named() -> str:
+        return "named"
+
+    tinybird.exempt(f"{named.__module__}.{named.__qualname__}")
+
+    assert HEADER not in fetch(app, "/named").headers
 
 
 def test_exempt_blueprint_and_children(clock: FakeClock) -> None:
@@ -462,6 +520,30 @@ def test_policy_error_logged_not_raised(
     assert "cache-control" not in response.headers
     assert "'alice'" in caplog.text
     assert "GET '/page'" in caplog.text
+
+
+def test_policy_error_logged_once(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[str] = []
+
+    def counting_failure(user: TestUser) -> list[PipeRead]:
+        calls.append(user.identity)
+        raise RuntimeError("database down")
+
+    app = make_app(TinybirdJWT(scopes_policy=counting_failure, clock=clock))
+
+    @app.route("/rendered")
+    def rendered() -> str:
+        return flask.render_template_string("{{ tinybird_token() is none }}")
+
+    with caplog.at_level(logging.ERROR, logger="tinybird_flask"):
+        response = fetch(app, "/rendered")
+
+    assert response.text == "True"
+    assert HEADER not in response.headers
+    assert calls == ["alice"]
+    assert len(caplog.records) == 1
 
 
 def test_loader_error_logged_not_raised(

@@ -5,8 +5,6 @@
 because both call the core in :mod:`tinybird_asgi`.
 """
 
-from __future__ import annotations
-
 from tinybird_asgi import __version__
 
 from ._config import CONFIG_DEFAULTS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -32,7 +33,13 @@ from tinybird_asgi import (
     read_cookie,
 )
 
-from ._config import CONFIG_DEFAULTS, build_delivery, build_issuer, unknown_keys
+from ._config import (
+    CONFIG_DEFAULTS,
+    ISSUER_KEYS,
+    build_delivery,
+    build_issuer,
+    unknown_keys,
+)
 from ._principal import default_principal
 
 __all__ = ["ENDPOINT_NAME", "EXTENSION_NAME", "TinybirdJWT"]
@@ -47,14 +54,17 @@ ENDPOINT_NAME = "tinybird.token"
 # Every method reaches the token view, so the core returns 405 for the
 # others exactly as in the ASGI middleware.
 _TOKEN_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-# g attribute caching (principal, token) for one request, so the Jinja global,
-# current_token() and the after_request hook call the scopes policy once.
+# g attribute caching (principal, token, error) for one request, so the Jinja
+# global, current_token() and the after_request hook call the scopes policy
+# once per principal, and a failure is logged once.
 _G_CACHE = "_tinybird_cache"
+_G_LOGGED = "_tinybird_logged"
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 ScopesPolicy = Callable[[Any], Iterable[Scope]]
 IdentityFunc = Callable[[Any], str]
 PrincipalLoader = Callable[[], Any]
+_Outcome = tuple[Any, TinybirdToken | None, Exception | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +103,13 @@ class TinybirdJWT:
             )
         if issuer is not None and scopes_policy is not None:
             raise _issuer_conflict("scopes_policy")
+        if scopes_policy is not None:
+            _check_callback("scopes_policy", scopes_policy)
+        if clock is not None and not callable(clock):
+            raise ConfigurationError(
+                "clock must be a callable returning Unix seconds, like time.time.",
+                option="clock",
+            )
         self._issuer = issuer
         self._scopes_policy = scopes_policy
         self._identity: IdentityFunc | None = None
@@ -114,8 +131,12 @@ class TinybirdJWT:
                 "call init_app once per app.",
                 option="app",
             )
+        # With issuer= the issuer keys are never read, so they are not added:
+        # app.config then shows no TINYBIRD_TTL that the issuer does not use.
+        skipped = set(ISSUER_KEYS.values()) if self._issuer is not None else set()
         for key, default in CONFIG_DEFAULTS.items():
-            app.config.setdefault(key, default)
+            if key not in skipped:
+                app.config.setdefault(key, default)
         for key in unknown_keys(app.config):
             logger.warning(
                 "app.config[%r] is not a TinybirdJWT setting and is ignored; "
@@ -152,6 +173,7 @@ class TinybirdJWT:
         """Register ``func(principal) -> scopes`` as the scopes policy."""
         if self._issuer is not None:
             raise _issuer_conflict("scopes_policy")
+        _check_callback("scopes_policy", func)
         self._scopes_policy = func
         return func
 
@@ -162,15 +184,17 @@ class TinybirdJWT:
         """
         if self._issuer is not None:
             raise _issuer_conflict("identity")
+        _check_callback("identity", func)
         self._identity = func
         return func
 
     def principal_loader(self, func: PrincipalLoader) -> PrincipalLoader:
-        """Register ``func() -> principal | None``, called once per request.
+        """Register ``func() -> principal | None`` to find the request's user.
 
         It replaces the default lookup (Flask-Login's ``current_user``, then
-        ``g.user``).
+        ``g.user``) and is called each time the request's token is looked up.
         """
+        _check_callback("principal_loader", func)
         self._principal_loader = func
         return func
 
@@ -178,17 +202,23 @@ class TinybirdJWT:
     def exempt(self, view: Blueprint) -> Blueprint: ...
 
     @overload
+    def exempt(self, view: str) -> str: ...
+
+    @overload
     def exempt(self, view: _F) -> _F: ...
 
-    def exempt(self, view: _F | Blueprint) -> _F | Blueprint:
+    def exempt(self, view: _F | Blueprint | str) -> _F | Blueprint | str:
         """Exclude a view function or a whole blueprint from token delivery.
 
-        Use it as a decorator on a view, or call it with a blueprint. A view is
-        matched by module and qualified name, so it may sit under other
-        decorators that use :func:`functools.wraps`.
+        Use it as a decorator on a view, or call it with a blueprint or with a
+        view's ``"module.qualname"``. A view is matched by module and
+        qualified name, so it may sit under other decorators that use
+        :func:`functools.wraps`.
         """
         if isinstance(view, Blueprint):
             self._exempt_blueprints.add(view.name)
+        elif isinstance(view, str):
+            self._exempt_views.add(view)
         else:
             self._exempt_views.add(_view_name(view))
         return view
@@ -225,8 +255,10 @@ class TinybirdJWT:
         return default_principal()
 
     def _token_for(self, principal: Any) -> TinybirdToken | None:
-        cached: tuple[Any, TinybirdToken | None] | None = g.get(_G_CACHE)
+        cached: _Outcome | None = g.get(_G_CACHE)
         if cached is not None and cached[0] is principal:
+            if cached[2] is not None:
+                raise cached[2]
             return cached[1]
 
         token: TinybirdToken | None
@@ -240,7 +272,10 @@ class TinybirdJWT:
             token = self._state().issuer.token_for(principal)
         except AnonymousPrincipalError:
             token = None
-        setattr(g, _G_CACHE, (principal, token))
+        except Exception as exc:
+            setattr(g, _G_CACHE, (principal, None, exc))
+            raise
+        setattr(g, _G_CACHE, (principal, token, None))
         return token
 
     # Callbacks handed to issuers built from app.config
@@ -342,6 +377,17 @@ def _view_name(view: Callable[..., Any]) -> str:
     return f"{view.__module__}.{view.__qualname__}"
 
 
+def _check_callback(what: str, func: object) -> None:
+    if not callable(func):
+        raise ConfigurationError(f"{what} must be a callable.", option=what)
+    if inspect.iscoroutinefunction(func):
+        raise ConfigurationError(
+            f"{what} is async, but Flask's after_request hooks are synchronous; "
+            "register a plain function.",
+            option=what,
+        )
+
+
 def _issuer_conflict(what: str) -> ConfigurationError:
     return ConfigurationError(
         f"{what} cannot be registered on a TinybirdJWT built with issuer=; "
@@ -354,6 +400,9 @@ def _log_failure(exc: Exception) -> None:
     # The core's messages name the identity and never a token or a key; other
     # exceptions come from app callbacks and are logged by type, with their
     # traceback.
+    if g.get(_G_LOGGED) is exc:
+        return
+    setattr(g, _G_LOGGED, exc)
     identity = exc.identity if isinstance(exc, PolicyError) else None
     reason = str(exc) if isinstance(exc, TinybirdError) else type(exc).__name__
     logger.error(

@@ -9,6 +9,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import jwt
 import pytest
@@ -16,7 +17,7 @@ from flask_login import AnonymousUserMixin
 from starlette.authentication import UnauthenticatedUser
 
 from tests.conftest import SIGNING_KEY, START, FakeClock
-from tests.issuer_helpers import User, decode, make_issuer
+from tests.issuer_helpers import User, decode, make_issuer, org_policy
 from tinybird_asgi import (
     ConfigurationError,
     PolicyError,
@@ -378,11 +379,42 @@ def test_threads_get_own_tokens(clock: FakeClock) -> None:
 
     served = [pair for result in results for pair in result]
     assert len(served) == 32 * len(users)
+    # Each distinct JWT is verified once; every served pair is checked.
+    verified: dict[str, dict[str, Any]] = {}
     for user, token in served:
-        claims = decode(token)
+        if token.value not in verified:
+            verified[token.value] = decode(token)
+        claims = verified[token.value]
         assert claims["name"] == user.username
         assert claims["scopes"][0]["fixed_params"] == {"org_id": user.org_id}
     assert issuer.mint_count == len(users)
+
+
+def test_callbacks_run_outside_lock(clock: FakeClock) -> None:
+    # Each callback calls len(issuer), which takes the cache lock; were the
+    # lock held while a callback runs, the call would never return.
+    calls: list[str] = []
+
+    def probe(what: str, result: Any) -> Any:
+        len(issuer)
+        calls.append(what)
+        return result
+
+    issuer = make_issuer(
+        clock,
+        identity=lambda user: probe("identity", user.username),
+        scopes=lambda user: probe("scopes", org_policy(user)),
+        name=lambda user: probe("name", user.username),
+        rate_limit=lambda user: probe("rate_limit", 5),
+    )
+    worker = threading.Thread(target=issuer.token_for, args=(User("alice"),))
+
+    worker.start()
+    worker.join(timeout=10)
+
+    assert not worker.is_alive()
+    assert calls == ["identity", "scopes", "name", "rate_limit"]
+    assert issuer.mint_count == 1
 
 
 @pytest.mark.usefixtures("frequent_thread_switches")

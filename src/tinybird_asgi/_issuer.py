@@ -740,8 +740,10 @@ class TokenIssuer:
         key_claims = (claims.name, claims.rps, claims.scopes)
 
         # The lock covers lookup, signing and insertion, so concurrent calls
-        # for one user mint once; no user callback runs under it. The clock is
-        # read under it too, so a thread that waited never serves a stale entry.
+        # for one user mint once. The clock is the only option called under
+        # it (TLRUCache reads it too), so a thread that waited for the lock
+        # never judges an entry by a stale time; every other callback runs
+        # before the lock is taken.
         with self._lock:
             now = self._clock()
             entry = self._cache.get(claims.identity)

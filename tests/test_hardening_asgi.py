@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from starlette.responses import StreamingResponse
+from starlette.responses import PlainTextResponse, StreamingResponse
 
 from tests.asgi_support import (
     OrgUser,
@@ -204,7 +204,10 @@ def _streaming_app(closed: threading.Event, chunks: int) -> ASGIApp:
 
     async def app(scope: ASGIScope, receive: Receive, send: Send) -> None:
         scope["state"]["user"] = OrgUser("alice", "acme")
-        await StreamingResponse(body())(scope, receive, send)
+        if scope["path"] == "/stream":
+            await StreamingResponse(body())(scope, receive, send)
+        else:
+            await PlainTextResponse("ok")(scope, receive, send)
 
     return app
 
@@ -218,7 +221,7 @@ async def test_client_disconnect_mid_stream(
 
     with serve(middleware) as base_url:
         async with httpx.AsyncClient(base_url=base_url) as client:
-            async with client.stream("GET", "/") as response:
+            async with client.stream("GET", "/stream") as response:
                 claims = decode(response.headers["x-tinybird-token"])
                 async for _ in response.aiter_bytes():
                     break

@@ -32,7 +32,7 @@ def test_leak_guard_detects_logged_token() -> None:
 
     logging.getLogger("tests.leak").warning("issued %s", token.value)
 
-    assert token.value in leak_guard.secrets
+    assert token.value in leak_guard.tokens
     assert len(leak_guard.find_leaks()) == before + 1
 
 
@@ -45,7 +45,7 @@ def test_leak_guard_detects_signing_key() -> None:
 
     logging.getLogger("tests.leak").error("key is %s", SIGNING_KEY)
 
-    assert SIGNING_KEY in leak_guard.secrets
+    assert SIGNING_KEY in leak_guard.signing_keys
     assert len(leak_guard.find_leaks()) == before + 1
 
 

@@ -1,0 +1,171 @@
+// The demo page: sign in, read the token from a response header, query the
+// pipe straight from the browser, keep the token fresh, sign out.
+import { TinybirdClient } from "/static/tinybird-client.js";
+
+const $ = (id) => document.getElementById(id);
+// Polled by the browser tests; nothing here is needed by the page itself.
+const demo = { client: null, errors: [], ready: false, loads: 0 };
+window.demo = demo;
+
+let config = null;
+let refreshesSeen = 0;
+let ticker = null;
+let reloader = null;
+
+async function post(path, body) {
+  return fetch(path, {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+}
+
+function show(section) {
+  $("login").hidden = section !== "login";
+  $("dashboard").hidden = section !== "dashboard";
+}
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+function renderToken() {
+  const client = demo.client;
+  if (!client || !client.token) return;
+  const left = Math.max(0, Math.round(client.expiresAt - Date.now() / 1000));
+  $("token-expires").textContent = new Date(client.expiresAt * 1000).toLocaleTimeString();
+  $("token-left").textContent = `${Math.floor(left / 60)} min ${left % 60} s`;
+  $("stats-queries").textContent = client.stats.queries;
+  $("stats-refreshes").textContent = client.stats.refreshes;
+  $("stats-retries").textContent = client.stats.retries;
+}
+
+function onToken() {
+  const refreshes = demo.client.stats.refreshes;
+  $("token-source").textContent = refreshes > refreshesSeen
+    ? "token endpoint (GET /tinybird/token)"
+    : "X-Tinybird-Token response header";
+  refreshesSeen = refreshes;
+  renderToken();
+}
+
+function renderRows(rows) {
+  const body = $("rows").tBodies[0];
+  body.replaceChildren();
+  const max = Math.max(1, ...rows.map((row) => Number(row.count) || 0));
+  for (const row of rows) {
+    const tr = document.createElement("tr");
+    tr.dataset.org = row.org_id;
+    for (const key of ["org_id", "day", "event", "count"]) {
+      const td = document.createElement("td");
+      td.textContent = row[key];
+      tr.append(td);
+    }
+    const bar = document.createElement("td");
+    bar.className = "bar";
+    const fill = document.createElement("span");
+    fill.style.width = `${(100 * (Number(row.count) || 0)) / max}%`;
+    bar.append(fill);
+    tr.append(bar);
+    body.append(tr);
+  }
+  $("row-count").textContent = rows.length;
+}
+
+async function loadRows() {
+  const override = $("org-override").value.trim();
+  const params = override ? { org_id: override } : {};
+  try {
+    const result = await demo.client.query(config.pipe, params);
+    renderRows(result.data);
+    const asked = override ? `; asked for org_id=${override}` : "";
+    setStatus(`${result.rows} rows at ${new Date().toLocaleTimeString()}${asked}`);
+  } catch (error) {
+    demo.errors.push({ status: error.status ?? null, message: String(error.message) });
+    setStatus(`Query failed (${error.status ?? "network"}): ${error.message}`, true);
+  } finally {
+    demo.loads += 1;
+    renderToken();
+  }
+}
+
+function startSession(me, response) {
+  config = me.tinybird;
+  refreshesSeen = 0;
+  const client = new TinybirdClient({
+    tokenUrl: config.token_path,
+    apiUrl: config.api_url,
+    onToken,
+  });
+  demo.client = client;
+  $("user-email").textContent = me.user.email;
+  $("user-org").textContent = me.user.org;
+  $("pipe-name").textContent = config.pipe;
+  $("mode").textContent = config.mode === "local"
+    ? `local Tinybird endpoint at ${config.api_url}`
+    : `Tinybird at ${config.api_url}`;
+  client.adoptResponse(response);
+  client.startAutoRefresh();
+  show("dashboard");
+  ticker = setInterval(renderToken, 1000);
+  reloader = setInterval(loadRows, 30000);
+  return loadRows();
+}
+
+function endSession() {
+  clearInterval(ticker);
+  clearInterval(reloader);
+  demo.client?.clear();
+  demo.client = null;
+  config = null;
+  $("rows").tBodies[0].replaceChildren();
+  $("org-override").value = "";
+  setStatus("");
+  show("login");
+}
+
+$("login-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  $("login-error").textContent = "";
+  const response = await post("/login", {
+    email: $("email").value,
+    password: $("password").value,
+  });
+  if (!response.ok) {
+    $("login-error").textContent = "Unknown email or wrong password.";
+    return;
+  }
+  await startSession(await response.json(), response);
+});
+
+$("query-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  loadRows();
+});
+
+$("refresh-button").addEventListener("click", async () => {
+  try {
+    await demo.client.refresh();
+  } catch (error) {
+    setStatus(`Token refresh failed (${error.status}): ${error.message}`, true);
+  }
+});
+
+$("logout-button").addEventListener("click", async () => {
+  await post("/logout", {});
+  endSession();
+});
+
+async function boot() {
+  const response = await fetch("/api/me", { credentials: "same-origin", cache: "no-store" });
+  if (response.ok) {
+    await startSession(await response.json(), response);
+  } else {
+    show("login");
+  }
+  demo.ready = true;
+}
+
+boot();

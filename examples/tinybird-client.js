@@ -1,0 +1,274 @@
+/**
+ * tinybird-client.js: query Tinybird pipes from the browser with the
+ * per-user JWT that a tinybird-asgi or tinybird_flask backend hands out.
+ *
+ * An ES module with no dependencies, for plain pages
+ * (<script type="module">) and bundlers (React, Vue, Svelte) alike.
+ *
+ *   import { TinybirdClient } from "./tinybird-client.js";
+ *
+ *   const tinybird = new TinybirdClient({ tokenUrl: "/tinybird/token" });
+ *   const response = await fetch("/api/me");     // any app route
+ *   tinybird.adoptResponse(response);            // token from its headers
+ *   const { data } = await tinybird.query("org_events", { day: "2026-12-01" });
+ *   tinybird.startAutoRefresh();                 // optional background refresh
+ *   // on sign-out:
+ *   tinybird.clear();
+ *
+ * What it does:
+ *
+ * - Takes a token from the X-Tinybird-Token and X-Tinybird-Token-Expires
+ *   headers of any app response (adoptResponse), from values you already
+ *   have (setToken), or from the backend's token endpoint (refresh), which
+ *   returns {"token", "expires_at", "api_url"}, or 401 when signed out.
+ * - Tracks the expiry (Unix seconds): getToken() returns the current token
+ *   while more than refreshMargin seconds are left, and fetches a new one
+ *   otherwise. Concurrent callers share one token request.
+ * - query(pipe, params) calls GET {apiUrl}/v0/pipes/{pipe}.json with
+ *   Authorization: Bearer, never with ?token= (URLs end up in logs). On a
+ *   403 it fetches a fresh token and retries once, which also covers a
+ *   browser clock that is off and a signing key rotated on the server.
+ * - startAutoRefresh() refreshes refreshMargin seconds before expiry, so a
+ *   page that sits open keeps a valid token.
+ *
+ * Options (all optional): tokenUrl ("/tinybird/token"), apiUrl (default:
+ * the api_url of the token endpoint), refreshMargin (60 s), headerName and
+ * expiresHeaderName (the backend's header names), minRefreshInterval (5 s:
+ * a token younger than this is used even if the local clock says it is
+ * about to expire, so a skewed clock cannot loop on the token endpoint),
+ * fetch (default: globalThis.fetch), now (Unix seconds, default Date.now),
+ * onToken(token) and onRetry(error) callbacks.
+ *
+ * Errors: query() and refresh() reject with a TinybirdRequestError whose
+ * status is the HTTP status (401 when signed out, 403 when Tinybird still
+ * rejects a fresh token, 429 over the rate limit) and whose message is
+ * the server's error text; retryAfter is set for 429.
+ *
+ * React: create one client per signed-in session (useMemo or a module
+ * singleton), call clear() on sign-out, and run query() in an effect.
+ */
+
+const DEFAULTS = {
+  tokenUrl: "/tinybird/token",
+  apiUrl: null,
+  refreshMargin: 60,
+  minRefreshInterval: 5,
+  headerName: "X-Tinybird-Token",
+  expiresHeaderName: "X-Tinybird-Token-Expires",
+};
+
+// setTimeout takes at most 2^31 - 1 ms (about 24.8 days).
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+export class TinybirdRequestError extends Error {
+  constructor(message, { status, url, retryAfter = null }) {
+    super(message);
+    this.name = "TinybirdRequestError";
+    this.status = status;
+    this.url = url;
+    this.retryAfter = retryAfter;
+  }
+}
+
+export class TinybirdClient {
+  constructor(options = {}) {
+    this.options = { ...DEFAULTS, ...options };
+    this._fetch = options.fetch ?? globalThis.fetch.bind(globalThis);
+    this._now = options.now ?? (() => Date.now() / 1000);
+    this._token = null;
+    this._expiresAt = 0;
+    this._receivedAt = 0;
+    this._apiUrl = this.options.apiUrl ? trimSlash(this.options.apiUrl) : null;
+    this._pending = null;
+    this._timer = null;
+    this._autoRefresh = false;
+    this._generation = 0;
+    this.stats = { queries: 0, refreshes: 0, retries: 0 };
+  }
+
+  /** The current JWT, or null. */
+  get token() {
+    return this._token;
+  }
+
+  /** The current token's expiry in Unix seconds, or 0 without a token. */
+  get expiresAt() {
+    return this._expiresAt;
+  }
+
+  /** The Tinybird API base URL queries go to, once known. */
+  get apiUrl() {
+    return this._apiUrl;
+  }
+
+  /** Store a token received some other way (a template, a cookie). */
+  setToken(token, expiresAt, apiUrl = null) {
+    const expires = Number(expiresAt);
+    if (!token || !Number.isFinite(expires)) {
+      throw new TypeError("setToken needs a token and its expiry in Unix seconds");
+    }
+    this._token = token;
+    this._expiresAt = expires;
+    this._receivedAt = this._now();
+    if (apiUrl) this._apiUrl = trimSlash(apiUrl);
+    if (this._autoRefresh) this._schedule();
+    this.options.onToken?.(token);
+  }
+
+  /**
+   * Store the token carried by an app response's headers.
+   * Returns whether the response had one.
+   */
+  adoptResponse(response) {
+    const token = response.headers.get(this.options.headerName);
+    const expires = response.headers.get(this.options.expiresHeaderName);
+    if (!token || !expires) return false;
+    this.setToken(token, expires);
+    return true;
+  }
+
+  /** Forget the token and stop refreshing (call on sign-out). */
+  clear() {
+    this._generation += 1;
+    this._token = null;
+    this._expiresAt = 0;
+    this._receivedAt = 0;
+    this._pending = null;
+    this.stopAutoRefresh();
+  }
+
+  /** Return a token with more than refreshMargin seconds left. */
+  async getToken() {
+    if (this._token && !this._expiring()) return this._token;
+    return this.refresh();
+  }
+
+  /** Fetch a new token from the token endpoint; concurrent calls share one. */
+  refresh() {
+    if (this._pending === null) {
+      const generation = this._generation;
+      this._pending = this._fetchToken(generation).finally(() => {
+        if (generation === this._generation) this._pending = null;
+      });
+    }
+    return this._pending;
+  }
+
+  /**
+   * Query a pipe endpoint and return its JSON ({data, rows, meta, ...}).
+   * params is an object or URLSearchParams of pipe parameters.
+   */
+  async query(pipe, params = {}, { signal } = {}) {
+    this.stats.queries += 1;
+    const token = await this.getToken();
+    const first = await this._get(pipe, params, token, signal);
+    if (first.status !== 403) return this._read(first);
+
+    // A 403 usually means the token expired early by the browser's clock or
+    // the key was rotated: one retry with a fresh token, then give up.
+    const error = await this._error(first);
+    this.stats.retries += 1;
+    this.options.onRetry?.(error);
+    const fresh = await this.refresh();
+    return this._read(await this._get(pipe, params, fresh, signal));
+  }
+
+  /**
+   * Refresh refreshMargin seconds before each expiry until stopAutoRefresh()
+   * or clear(); a 401 from the token endpoint also stops it.
+   */
+  startAutoRefresh() {
+    this._autoRefresh = true;
+    this._schedule();
+  }
+
+  stopAutoRefresh() {
+    this._autoRefresh = false;
+    if (this._timer !== null) clearTimeout(this._timer);
+    this._timer = null;
+  }
+
+  _expiring() {
+    const now = this._now();
+    if (now - this._receivedAt < this.options.minRefreshInterval) return false;
+    return this._expiresAt - now <= this.options.refreshMargin;
+  }
+
+  _schedule() {
+    if (this._timer !== null) clearTimeout(this._timer);
+    const due = this._expiresAt - this.options.refreshMargin - this._now();
+    const delay = Math.max(this.options.minRefreshInterval, due) * 1000;
+    this._timer = setTimeout(() => {
+      this._timer = null;
+      // A failed refresh is retried after minRefreshInterval; query() reports
+      // errors to the page.
+      this.refresh()
+        .catch(() => {})
+        .finally(() => {
+          if (this._autoRefresh && this._timer === null) this._schedule();
+        });
+    }, Math.min(delay, MAX_TIMER_MS));
+  }
+
+  async _fetchToken(generation) {
+    const url = this.options.tokenUrl;
+    const response = await this._fetch(url, {
+      credentials: "same-origin",
+      cache: "no-store",
+      headers: { Accept: "application/json" },
+    });
+    if (!response.ok) {
+      if (response.status === 401 && generation === this._generation) {
+        this._token = null;
+        this._expiresAt = 0;
+        this.stopAutoRefresh();
+      }
+      throw await this._error(response);
+    }
+    const body = await response.json();
+    this.stats.refreshes += 1;
+    if (generation === this._generation) {
+      this.setToken(body.token, body.expires_at, body.api_url);
+    }
+    return body.token;
+  }
+
+  _get(pipe, params, token, signal) {
+    if (!this._apiUrl) {
+      throw new TypeError("apiUrl is unknown: pass it or refresh() first");
+    }
+    const search = new URLSearchParams(params).toString();
+    const url = `${this._apiUrl}/v0/pipes/${encodeURIComponent(pipe)}.json` +
+      (search ? `?${search}` : "");
+    return this._fetch(url, {
+      headers: { Authorization: `Bearer ${token}` },
+      cache: "no-store",
+      signal,
+    });
+  }
+
+  async _read(response) {
+    if (!response.ok) throw await this._error(response);
+    return response.json();
+  }
+
+  async _error(response) {
+    let message = `${response.status} ${response.statusText}`.trim();
+    try {
+      const body = await response.json();
+      if (body && typeof body.error === "string") message = body.error;
+    } catch {
+      // Not JSON: keep the status line.
+    }
+    const retry = response.headers.get("Retry-After");
+    return new TinybirdRequestError(message, {
+      status: response.status,
+      url: response.url.split("?")[0],
+      retryAfter: retry === null ? null : Number(retry),
+    });
+  }
+}
+
+function trimSlash(url) {
+  return String(url).replace(/\/+$/, "");
+}

@@ -1,0 +1,337 @@
+"""The demo apps in headless Chromium: each user reads only their org's rows.
+
+Each demo app and its LocalTinybird endpoint run on real loopback servers
+(uvicorn for Starlette, werkzeug for Flask), and one fake clock drives the
+issuer and LocalTinybird, so token expiry is reached without sleeping.
+Chromium is Debian's ``/usr/bin/chromium`` unless ``TINYBIRD_BROWSER`` names
+another build; Playwright never downloads one. Screenshots go to
+``TINYBIRD_ARTIFACTS`` when it is set, else to a pytest temporary directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import jwt
+import pytest
+from playwright.sync_api import BrowserContext, Page, Playwright, sync_playwright
+
+from tinybird_asgi import TokenIssuer
+from tinybird_asgi.testing import LocalTinybird, ServedRequest
+
+from .conftest import SIGNING_KEY, WORKSPACE_ID, FakeClock
+from .servers import serve_asgi, serve_wsgi
+
+pytestmark = pytest.mark.browser
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+BROWSER = os.environ.get("TINYBIRD_BROWSER", "/usr/bin/chromium")
+BROWSER_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# Short enough to cross in a test; exp is aligned down to refresh_margin, so a
+# token lives between TTL - MARGIN and TTL seconds.
+TTL = 120.0
+MARGIN = 30.0
+WAIT_MS = 10_000
+FRAMEWORKS = ["starlette"]
+
+
+def _example(name: str) -> ModuleType:
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    return importlib.import_module(name)
+
+
+@dataclass
+class Demo:
+    framework: str
+    url: str
+    tinybird_url: str
+    local: LocalTinybird
+    issuer: TokenIssuer
+    clock: FakeClock
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    if not Path(BROWSER).exists():
+        pytest.fail(
+            f"No browser at {BROWSER}; install Debian's chromium package or set "
+            "TINYBIRD_BROWSER to a Chromium executable."
+        )
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture
+def context(playwright: Playwright, tmp_path: Path) -> Iterator[BrowserContext]:
+    context = playwright.chromium.launch_persistent_context(
+        str(tmp_path / "profile"),
+        executable_path=BROWSER,
+        headless=True,
+        args=BROWSER_ARGS,
+        viewport={"width": 1100, "height": 820},
+    )
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def page(context: BrowserContext) -> Page:
+    return context.pages[0] if context.pages else context.new_page()
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    configured = os.environ.get("TINYBIRD_ARTIFACTS")
+    if configured:
+        path = Path(configured)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return tmp_path_factory.mktemp("artifacts")
+
+
+@pytest.fixture(params=FRAMEWORKS)
+def demo(request: pytest.FixtureRequest) -> Iterator[Demo]:
+    common = _example("demo_common")
+    framework: str = request.param
+    app_module = _example(f"{framework}_app")
+    serve: Callable[[Any], AbstractContextManager[str]]
+    serve = serve_asgi if framework == "starlette" else serve_wsgi
+
+    # The browser's own clock is real time, so the fake clock starts there.
+    clock = FakeClock(time.time())
+    settings = common.DemoSettings(
+        signing_key=SIGNING_KEY,
+        workspace_id=WORKSPACE_ID,
+        api_url="http://127.0.0.1:9",
+        pipe="org_events",
+        local=True,
+    )
+    local = common.build_local_tinybird(settings, clock=clock)
+    tinybird_app = local if framework == "starlette" else local.wsgi_app
+    with serve(tinybird_app) as tinybird_url:
+        settings = dataclasses.replace(settings, api_url=tinybird_url)
+        issuer = common.build_issuer(
+            settings, clock=clock, ttl=TTL, refresh_margin=MARGIN
+        )
+        app = app_module.create_app(settings, issuer)
+        with serve(app) as url:
+            yield Demo(framework, url, tinybird_url, local, issuer, clock)
+
+
+def _wait(page: Page, expression: str) -> None:
+    page.wait_for_function(expression, timeout=WAIT_MS, polling=50)
+
+
+def _sign_in(page: Page, demo: Demo, email: str) -> None:
+    page.goto(demo.url)
+    page.wait_for_selector("#login:not([hidden])", timeout=WAIT_MS)
+    page.fill("#email", email)
+    page.fill("#password", "demo")
+    page.click("#login-button")
+    _wait(page, "window.demo.loads >= 1")
+
+
+def _row_orgs(page: Page) -> list[str]:
+    orgs: list[str] = page.eval_on_selector_all(
+        "#rows tbody tr", "rows => rows.map(row => row.dataset.org)"
+    )
+    return orgs
+
+
+def _page_token(page: Page) -> str | None:
+    token: str | None = page.evaluate("window.demo.client && window.demo.client.token")
+    return token
+
+
+def _claims(token: str) -> dict[str, Any]:
+    # Expiry is checked against the fake clock by the callers, not real time.
+    claims: dict[str, Any] = jwt.decode(
+        token, SIGNING_KEY.encode(), algorithms=["HS256"], options={"verify_exp": False}
+    )
+    return claims
+
+
+def _page_errors(page: Page) -> list[dict[str, Any]]:
+    errors: list[dict[str, Any]] = page.evaluate("window.demo.errors")
+    return errors
+
+
+def _statuses(demo: Demo) -> list[int]:
+    return [entry.status for entry in demo.local.log]
+
+
+def _tinybird_queries(page: Page, demo: Demo) -> list[dict[str, list[str]]]:
+    queries: list[dict[str, list[str]]] = []
+
+    def record(request: Any) -> None:
+        if request.url.startswith(demo.tinybird_url) and request.method == "GET":
+            queries.append(parse_qs(urlsplit(request.url).query))
+
+    page.on("request", record)
+    return queries
+
+
+def test_alice_sees_only_acme_rows(page: Page, demo: Demo, artifacts: Path) -> None:
+    queries = _tinybird_queries(page, demo)
+
+    _sign_in(page, demo, "alice@acme")
+
+    assert _row_orgs(page) == ["acme"] * 12
+    assert page.text_content("#user-org") == "acme"
+    assert "response header" in (page.text_content("#token-source") or "")
+    assert _page_errors(page) == []
+    assert queries == [{}]
+    token = _page_token(page)
+    assert token is not None
+    claims = _claims(token)
+    assert claims["scopes"] == [
+        {
+            "type": "PIPES:READ",
+            "resource": "org_events",
+            "fixed_params": {"org_id": "acme"},
+        }
+    ]
+    assert claims["name"] == "alice@acme"
+    assert claims["limits"] == {"rps": 5}
+    assert _statuses(demo) == [200]
+
+    shot = artifacts / f"demo-{demo.framework}.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bob_asking_for_acme_gets_globex(page: Page, demo: Demo) -> None:
+    queries = _tinybird_queries(page, demo)
+    _sign_in(page, demo, "bob@globex")
+    assert _row_orgs(page) == ["globex"] * 12
+
+    page.fill("#org-override", "acme")
+    page.click("#query-button")
+    _wait(page, "window.demo.loads >= 2")
+
+    assert queries[-1] == {"org_id": ["acme"]}
+    assert _row_orgs(page) == ["globex"] * 12
+    assert "asked for org_id=acme" in (page.text_content("#status") or "")
+    assert _page_errors(page) == []
+    assert _statuses(demo) == [200, 200]
+
+
+def test_users_in_two_contexts_stay_apart(
+    page: Page, demo: Demo, playwright: Playwright, tmp_path: Path
+) -> None:
+    _sign_in(page, demo, "alice@acme")
+    other = playwright.chromium.launch_persistent_context(
+        str(tmp_path / "other-profile"),
+        executable_path=BROWSER,
+        headless=True,
+        args=BROWSER_ARGS,
+    )
+    try:
+        bob = other.pages[0] if other.pages else other.new_page()
+        _sign_in(bob, demo, "bob@globex")
+
+        assert _row_orgs(bob) == ["globex"] * 12
+        page.click("#query-button")
+        _wait(page, "window.demo.loads >= 2")
+        assert _row_orgs(page) == ["acme"] * 12
+        assert _page_token(page) != _page_token(bob)
+    finally:
+        other.close()
+
+
+def test_logout_removes_token_and_cookie(
+    page: Page, context: BrowserContext, demo: Demo
+) -> None:
+    _sign_in(page, demo, "alice@acme")
+    before = {cookie["name"]: cookie["value"] for cookie in context.cookies()}
+    assert before["tinybird_token"] == _page_token(page)
+
+    page.click("#logout-button")
+    page.wait_for_selector("#login:not([hidden])", timeout=WAIT_MS)
+
+    names = {cookie["name"] for cookie in context.cookies()}
+    assert "tinybird_token" not in names
+    assert _page_token(page) is None
+    assert "tinybird_token" not in page.evaluate("document.cookie")
+    assert page.locator("#rows tbody tr").count() == 0
+    endpoint = page.evaluate(
+        "fetch('/tinybird/token', {cache: 'no-store'}).then(r => r.status)"
+    )
+    assert endpoint == 401
+
+    with page.expect_response(f"{demo.url}/api/me") as info:
+        page.reload()
+    assert info.value.status == 401
+    assert info.value.headers.get("x-tinybird-token") is None
+
+
+def test_token_refreshed_before_expiry(page: Page, demo: Demo) -> None:
+    page.clock.install(time=demo.clock.now)
+    _sign_in(page, demo, "alice@acme")
+    first = _page_token(page)
+    assert first is not None
+    expires_at = _claims(first)["exp"]
+
+    # Move both clocks past the token's expiry: the page's refresh timer and
+    # its 30 s reload fire, and every query must carry a live token.
+    step = expires_at - demo.clock.now + 5
+    demo.clock.advance(step)
+    page.clock.fast_forward(int(step * 1000))
+    _wait(page, "window.demo.client.stats.refreshes >= 1")
+    page.click("#query-button")
+    _wait(page, "window.demo.loads >= 3")
+
+    second = _page_token(page)
+    assert second is not None
+    assert second != first
+    assert _claims(second)["exp"] > demo.clock.now
+    assert _row_orgs(page) == ["acme"] * 12
+    assert _page_errors(page) == []
+    assert 403 not in _statuses(demo)
+    assert page.evaluate("window.demo.client.stats.retries") == 0
+    assert "token endpoint" in (page.text_content("#token-source") or "")
+
+
+def test_expired_token_retried_once(page: Page, demo: Demo) -> None:
+    _sign_in(page, demo, "bob@globex")
+    first = _page_token(page)
+    assert first is not None
+
+    # Only the server's clock moves, as with a browser clock that is behind:
+    # the page still trusts its token, Tinybird rejects it, the client
+    # fetches a fresh one and retries.
+    demo.clock.advance(TTL + 1)
+    page.click("#query-button")
+    _wait(page, "window.demo.loads >= 2")
+
+    assert _statuses(demo) == [200, 403, 200]
+    assert demo.local.log[1] == ServedRequest("org_events", 403, None)
+    assert _page_errors(page) == []
+    assert page.evaluate("window.demo.client.stats.retries") == 1
+    assert _row_orgs(page) == ["globex"] * 12
+    second = _page_token(page)
+    assert second is not None
+    assert _claims(second)["exp"] > demo.clock.now

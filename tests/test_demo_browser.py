@@ -52,7 +52,7 @@ BROWSER_ARGS = [
 TTL = 120.0
 MARGIN = 30.0
 WAIT_MS = 10_000
-FRAMEWORKS = ["starlette"]
+FRAMEWORKS = ["starlette", "flask"]
 
 
 def _example(name: str) -> ModuleType:

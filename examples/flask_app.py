@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import secrets
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -149,10 +150,18 @@ def main(argv: list[str] | None = None) -> None:
         args.host,
         args.port,
     )
+
+    def stop(signum: int, frame: object) -> None:
+        # shutdown() waits for serve_forever() to return, so it cannot run on
+        # the thread that is serving.
+        threading.Thread(target=server.shutdown).start()
+
+    # Explicit handlers, because a shell starts background jobs with SIGINT
+    # ignored.
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
     finally:
         server.server_close()
         if sidecar is not None:

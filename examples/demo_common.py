@@ -10,6 +10,7 @@ pipe (default ``org_events``) must take an ``org_id`` parameter.
 
 from __future__ import annotations
 
+import argparse
 import hmac
 import logging
 import os
@@ -37,7 +38,9 @@ __all__ = [
     "build_issuer",
     "build_local_tinybird",
     "load_settings",
+    "log_start",
     "page_config",
+    "parse_args",
     "sample_rows",
     "scopes_for",
 ]
@@ -240,3 +243,30 @@ def page_config(settings: DemoSettings) -> dict[str, Any]:
         "mode": "local" if settings.local else "tinybird",
         "token_path": TOKEN_PATH,
     }
+
+
+def parse_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the demo's command line and set up logging to stderr."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--host", default="127.0.0.1", help="app address")
+    parser.add_argument("--port", type=int, default=8000, help="app port")
+    parser.add_argument(
+        "--tinybird-port",
+        type=int,
+        default=8001,
+        help="port of the local Tinybird endpoint on 127.0.0.1",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    return args
+
+
+def log_start(args: argparse.Namespace) -> None:
+    """Log where to open the demo and whom to sign in as."""
+    logger.info(
+        "Open http://%s:%d and sign in as %s (password: %s)",
+        args.host,
+        args.port,
+        " or ".join(USERS),
+        PASSWORD,
+    )

@@ -8,7 +8,6 @@ session cookie, and ``TinybirdJWT`` gives that user a token whose
 
 from __future__ import annotations
 
-import argparse
 import logging
 import secrets
 import signal
@@ -35,7 +34,9 @@ from demo_common import (
     build_issuer,
     build_local_tinybird,
     load_settings,
+    log_start,
     page_config,
+    parse_args,
 )
 
 from tinybird_asgi import TokenIssuer
@@ -120,17 +121,7 @@ def create_app(
 def main(argv: list[str] | None = None) -> None:
     """Start the demo app, and the local Tinybird endpoint when no
     Tinybird settings are given."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1", help="app address")
-    parser.add_argument("--port", type=int, default=8000, help="app port")
-    parser.add_argument(
-        "--tinybird-port",
-        type=int,
-        default=8001,
-        help="port of the local Tinybird endpoint on 127.0.0.1",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    args = parse_args(__doc__.splitlines()[0], argv)
 
     settings = load_settings(f"http://127.0.0.1:{args.tinybird_port}")
     issuer = build_issuer(settings)
@@ -145,11 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         threading.Thread(target=sidecar.serve_forever, daemon=True).start()
 
     server = make_server(args.host, args.port, app, threaded=True)
-    logger.info(
-        "Open http://%s:%d and sign in as alice@acme or bob@globex (password: demo)",
-        args.host,
-        args.port,
-    )
+    log_start(args)
 
     def stop(signum: int, frame: object) -> None:
         # shutdown() waits for serve_forever() to return, so it cannot run on

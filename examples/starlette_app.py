@@ -47,7 +47,9 @@ from demo_common import (
     build_issuer,
     build_local_tinybird,
     load_settings,
+    log_start,
     page_config,
+    parse_args,
 )
 
 from tinybird_asgi import TinybirdMiddleware, TokenIssuer
@@ -205,27 +207,13 @@ async def _serve(
 def main(argv: list[str] | None = None) -> None:
     """Start the demo app, and the local Tinybird endpoint when no
     Tinybird settings are given."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1", help="app address")
-    parser.add_argument("--port", type=int, default=8000, help="app port")
-    parser.add_argument(
-        "--tinybird-port",
-        type=int,
-        default=8001,
-        help="port of the local Tinybird endpoint on 127.0.0.1",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    args = parse_args(__doc__.splitlines()[0], argv)
 
     settings = load_settings(f"http://127.0.0.1:{args.tinybird_port}")
     issuer = build_issuer(settings)
     local = build_local_tinybird(settings) if settings.local else None
     app = create_app(settings, issuer)
-    logger.info(
-        "Open http://%s:%d and sign in as alice@acme or bob@globex (password: demo)",
-        args.host,
-        args.port,
-    )
+    log_start(args)
     asyncio.run(_serve(app, local, args))
 
 

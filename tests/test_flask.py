@@ -156,6 +156,26 @@ def test_exclude_paths_accepts_list(clock: FakeClock) -> None:
     assert HEADER not in fetch(app).headers
 
 
+def test_issuer_for_each_app(clock: FakeClock) -> None:
+    tinybird = policy_extension(clock)
+    first = make_app(tinybird)
+    second = make_app(tinybird, TINYBIRD_SIGNING_KEY=OTHER_KEY)
+
+    first_token = tinybird.issuer_for(first).token_for(ALICE)
+    with second.app_context():
+        second_token = tinybird.issuer_for().token_for(ALICE)
+
+    assert decode(first_token.value)["name"] == "alice"
+    assert decode(second_token.value, OTHER_KEY)["name"] == "alice"
+
+
+def test_issuer_for_other_extension_rejected(clock: FakeClock) -> None:
+    app = make_app(policy_extension(clock))
+
+    with pytest.raises(KeyError):
+        policy_extension(clock).issuer_for(app)
+
+
 def test_init_app_twice_rejected(clock: FakeClock) -> None:
     tinybird = policy_extension(clock)
     app = make_app(tinybird)

@@ -241,6 +241,20 @@ class TinybirdJWT:
             _log_failure(exc)
             return None
 
+    def issuer_for(self, app: Flask | None = None) -> TokenIssuer:
+        """Return the :class:`TokenIssuer` of ``app`` (default: the current app).
+
+        Use it for ``invalidate``, ``rotate_signing_key`` or ``token_for``
+        outside a request.
+
+        :raises KeyError: when ``app`` is not set up with this extension.
+        """
+        target = current_app if app is None else app
+        state: _AppState = target.extensions[EXTENSION_NAME]
+        if state.extension is not self:
+            raise KeyError(f"app {target.name!r} is set up with another TinybirdJWT")
+        return state.issuer
+
     def _state(self) -> _AppState:
         state: _AppState = current_app.extensions[EXTENSION_NAME]
         if state.extension is not self:

@@ -214,7 +214,9 @@ def main(argv: list[str] | None = None) -> None:
     local = build_local_tinybird(settings) if settings.local else None
     app = create_app(settings, issuer)
     log_start(args)
-    asyncio.run(_serve(app, local, args))
+    # uvicorn re-raises the SIGINT it handled, after shutting down.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(app, local, args))
 
 
 if __name__ == "__main__":

@@ -335,3 +335,40 @@ def test_expired_token_retried_once(page: Page, demo: Demo) -> None:
     second = _page_token(page)
     assert second is not None
     assert _claims(second)["exp"] > demo.clock.now
+
+
+def test_client_reports_rate_limit(page: Page, demo: Demo) -> None:
+    _sign_in(page, demo, "alice@acme")
+
+    # Five requests per second per user: with the fake clock standing still,
+    # the first query and four of these fit, the fifth gets 429.
+    outcomes = page.evaluate(
+        """() => Promise.all([1, 2, 3, 4, 5].map(() =>
+            window.demo.client.query("org_events").then(
+                (result) => result.rows,
+                (error) => [error.name, error.status, error.retryAfter],
+            )))"""
+    )
+
+    assert outcomes.count(12) == 4
+    assert ["TinybirdRequestError", 429, 1] in outcomes
+    assert _statuses(demo).count(429) == 1
+
+
+def test_client_shares_concurrent_refreshes(page: Page, demo: Demo) -> None:
+    _sign_in(page, demo, "bob@globex")
+    token_requests: list[str] = []
+
+    def record(request: Any) -> None:
+        if request.url.endswith("/tinybird/token"):
+            token_requests.append(request.url)
+
+    page.on("request", record)
+
+    tokens = page.evaluate(
+        """() => Promise.all([1, 2, 3].map(() => window.demo.client.refresh()))"""
+    )
+
+    assert len(set(tokens)) == 1
+    assert token_requests == [f"{demo.url}/tinybird/token"]
+    assert _claims(tokens[0])["scopes"][0]["fixed_params"] == {"org_id": "globex"}

@@ -29,6 +29,7 @@ from tinybird_asgi import (
     TinybirdToken,
     TokenIssuer,
     default_identity,
+    is_anonymous,
     is_preflight,
     read_cookie,
 )
@@ -283,7 +284,11 @@ class TinybirdJWT:
                 option="scopes_policy",
             )
         try:
-            token = self._state().issuer.token_for(principal)
+            # Checked first, so an anonymous request costs no exception.
+            if is_anonymous(principal):
+                token = None
+            else:
+                token = self._state().issuer.token_for(principal)
         except AnonymousPrincipalError:
             token = None
         except Exception as exc:

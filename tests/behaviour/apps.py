@@ -12,13 +12,14 @@ check how the adapter merges with them:
     an ``X-Tinybird-Token`` header of the app's own.
 
 Routes: ``/page``, ``/public/page`` (excluded by the suite's options),
-``/publicity`` (not excluded) and the token endpoint at ``TOKEN_PATH``.
+``/publicity`` (not excluded), ``/stream`` (a body sent in ``STREAM_CHUNKS``)
+and the token endpoint at ``TOKEN_PATH``.
 Identity ``boom`` makes the scopes policy raise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import flask
@@ -31,7 +32,7 @@ from starlette.authentication import (
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
 from tinybird_asgi import PipeRead, Scope, TinybirdMiddleware, TokenIssuer
@@ -41,6 +42,7 @@ USER_HEADER = "X-Test-User"
 TOKEN_PATH = "/tinybird/token"
 EXCLUDED = ("/public",)
 PAGE_BODY = "ok"
+STREAM_CHUNKS = ("first\n", "second\n", "third\n")
 
 
 class TestUser(BaseUser):
@@ -125,6 +127,10 @@ def flask_app(issuer: TokenIssuer, options: Mapping[str, Any]) -> flask.Flask:
             response.headers.add(name, value)
         return response
 
+    @app.route("/stream")
+    def stream() -> flask.Response:
+        return flask.Response(iter(STREAM_CHUNKS), mimetype="text/plain")
+
     return app
 
 
@@ -147,6 +153,14 @@ async def asgi_page(request: Request) -> PlainTextResponse:
     return response
 
 
+async def asgi_stream(request: Request) -> StreamingResponse:
+    async def chunks() -> AsyncIterator[str]:
+        for chunk in STREAM_CHUNKS:
+            yield chunk
+
+    return StreamingResponse(chunks(), media_type="text/plain")
+
+
 def asgi_app(issuer: TokenIssuer, options: Mapping[str, Any]) -> Starlette:
     """Build the test app on :class:`TinybirdMiddleware` inside Starlette's
     ``AuthenticationMiddleware``, which sets ``scope["user"]``."""
@@ -156,6 +170,7 @@ def asgi_app(issuer: TokenIssuer, options: Mapping[str, Any]) -> Starlette:
             Route("/page", asgi_page, methods=methods),
             Route("/public/page", asgi_page, methods=methods),
             Route("/publicity", asgi_page, methods=methods),
+            Route("/stream", asgi_stream),
         ],
         middleware=[
             Middleware(AuthenticationMiddleware, backend=HeaderBackend()),

@@ -8,7 +8,7 @@ import httpx
 
 from tests.conftest import START, WORKSPACE_ID
 
-from .apps import PAGE_BODY, TOKEN_PATH
+from .apps import PAGE_BODY, STREAM_CHUNKS, TOKEN_PATH
 from .conftest import Serve, decode
 
 ALICE = "alice:acme"
@@ -126,6 +126,14 @@ def test_users_get_their_own_tokens(serve: Serve) -> None:
     assert alice["name"] == "alice"
     assert bob["name"] == "bob"
     assert bob["scopes"][0]["fixed_params"] == {"org_id": "globex"}
+
+
+def test_streamed_body_gets_token(serve: Serve) -> None:
+    response = serve(delivery="both").get("/stream", user=ALICE)
+
+    assert response.text == "".join(STREAM_CHUNKS)
+    assert decode(response.headers[HEADER])["name"] == "alice"
+    assert token_cookie(response)["value"] == response.headers[HEADER]
 
 
 # Cookie delivery

@@ -197,6 +197,7 @@ def test_init_app_twice_rejected(clock: FakeClock) -> None:
         ("TINYBIRD_COOKIE_SAMESITE", "sometimes"),
         ("TINYBIRD_TOKEN_PATH", "token"),
         ("TINYBIRD_EXCLUDE_PATHS", "/public"),
+        ("TINYBIRD_EXCLUDE_PATHS", 5),
         ("TINYBIRD_PROTECT_CACHE", 1),
         ("TINYBIRD_WORKSPACE_ID", "not-a-uuid"),
         ("TINYBIRD_API_URL", "ftp://api.tinybird.co"),

@@ -114,6 +114,16 @@ def test_signed_in_page_keeps_cookie(browser: httpx.Client) -> None:
     assert decode(response.headers["x-tinybird-token"])["name"] == "alice"
 
 
+def test_session_vary_cookie_once(browser: httpx.Client) -> None:
+    browser.get("/login/alice")
+
+    response = browser.get("/page")
+
+    # Flask adds Vary: Cookie for the session after the hook added its own.
+    assert response.headers.get_list("vary") == ["Cookie"]
+    assert response.headers["cache-control"] == "private"
+
+
 def test_logout_deletes_cookie(browser: httpx.Client) -> None:
     browser.get("/login/alice")
 

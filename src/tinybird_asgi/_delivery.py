@@ -230,8 +230,10 @@ class DeliveryConfig:
                 option="token_path",
             )
         paths = self.exclude_paths
-        if isinstance(paths, str) or not all(
-            isinstance(p, str) and p.startswith("/") for p in paths
+        if (
+            isinstance(paths, str)
+            or not isinstance(paths, Iterable)
+            or not all(isinstance(p, str) and p.startswith("/") for p in paths)
         ):
             raise ConfigurationError(
                 "exclude_paths must be a list of path prefixes starting with '/'.",

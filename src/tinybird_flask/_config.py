@@ -99,8 +99,6 @@ def build_delivery(config: Mapping[str, Any]) -> DeliveryConfig:
         return DeliveryConfig(**options)
     except ConfigurationError as exc:
         raise _rename(exc, DELIVERY_KEYS) from None
-    except TypeError as exc:  # pragma: no cover - every field is validated above
-        raise ConfigurationError(str(exc), option=PREFIX + "DELIVERY") from None
 
 
 def build_issuer(

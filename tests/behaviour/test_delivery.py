@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import httpx
+import pytest
 
 from tests.conftest import START, WORKSPACE_ID
 
@@ -268,6 +270,12 @@ def test_cache_control_private_kept_once(serve: Serve) -> None:
     assert response.headers.get_list("cache-control") == ["private, no-cache"]
 
 
+def test_cache_control_no_store_kept(serve: Serve) -> None:
+    response = serve().get("/page", user=ALICE, params={"cache": "no-store"})
+
+    assert response.headers["cache-control"] == "private, no-store"
+
+
 def test_cache_protection_can_be_disabled(serve: Serve) -> None:
     site = serve(protect_cache=False)
 
@@ -442,6 +450,20 @@ def test_policy_error_leaves_response_unchanged(serve: Serve) -> None:
     assert_no_token(response)
     assert set_cookies(response) == []
     assert response.headers["cache-control"] == "public, max-age=60"
+
+
+def test_policy_error_logged_with_identity(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    site = serve()
+
+    with caplog.at_level(logging.ERROR):
+        site.get("/page", user="boom:acme")
+
+    ours = [r for r in caplog.records if r.name.startswith("tinybird")]
+    assert len(ours) == 1
+    assert ours[0].levelno == logging.ERROR
+    assert "'boom'" in ours[0].getMessage()
 
 
 def test_policy_error_endpoint_is_500(serve: Serve) -> None:

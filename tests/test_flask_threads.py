@@ -93,7 +93,7 @@ def test_threaded_server_no_cross_user_tokens(clock: FakeClock) -> None:
     assert errors == []
     assert checked == CLIENTS * REQUESTS_PER_CLIENT
     assert len(tokens) == USERS
-    # The clock stands still, so the issuer's cache gives each user one token.
+    # The fake clock never advances, so the cache gives each user one token.
     assert Counter(len(values) for values in tokens.values()) == {1: USERS}
     every_token = [token for values in tokens.values() for token in values]
     assert len(set(every_token)) == USERS

@@ -431,3 +431,35 @@ def test_threads_same_user_one_mint(clock: FakeClock) -> None:
 
     assert len(values) == 1
     assert issuer.mint_count == 1
+
+
+@pytest.mark.usefixtures("frequent_thread_switches")
+def test_threads_rotation_serves_new_key(clock: FakeClock) -> None:
+    users = [User(f"user{index}") for index in range(20)]
+    issuer = make_issuer(clock)
+    rotated = threading.Event()
+    started = threading.Barrier(9)
+
+    def ask(_: int) -> list[TinybirdToken]:
+        # Tokens requested after the rotation returned, in this thread.
+        after: list[TinybirdToken] = []
+        started.wait(timeout=30)
+        for round_number in range(100_000):
+            was_rotated = rotated.is_set()
+            token = issuer.token_for(users[round_number % len(users)])
+            if was_rotated:
+                after.append(token)
+            if len(after) == 50:
+                break
+        return after
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(ask, index) for index in range(8)]
+        started.wait(timeout=30)
+        issuer.rotate_signing_key(NEW_KEY)
+        rotated.set()
+        served_after = [token for future in futures for token in future.result()]
+
+    assert len(served_after) == 8 * 50
+    for token in {token.value: token for token in served_after}.values():
+        assert decode(token, NEW_KEY)["exp"] == token.expires_at

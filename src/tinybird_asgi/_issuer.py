@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import math
 import os
@@ -17,6 +18,8 @@ from urllib.parse import urlsplit
 
 import jwt
 from cachetools import TLRUCache
+from jwt.algorithms import HMACAlgorithm
+from jwt.utils import base64url_encode
 
 from ._errors import (
     ConfigurationError,
@@ -277,6 +280,11 @@ def _api_url_from_host(host: object) -> str:
         ) from None
 
 
+# Result types that are never awaitable; checking them first keeps the slower
+# inspect.isawaitable() off the common synchronous path.
+_PLAIN_RESULTS = frozenset({str, list, tuple, int, type(None)})
+
+
 def _call(
     what: str, func: Callable[[Any], Any], principal: object, identity: str | None
 ) -> Generator[Awaitable[Any], Any, Any]:
@@ -284,7 +292,7 @@ def _call(
     # awaits it (atoken_for) or rejects it (token_for).
     try:
         result = func(principal)
-        if inspect.isawaitable(result):
+        if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
             result = yield result
     except PolicyError:
         raise
@@ -396,7 +404,7 @@ class TokenIssuer:
         self._max_cached = max_cached
 
         self._key = key
-        self._key_bytes = key.encode()
+        self._hmac_key = _prepare_hmac_key(key)
         self._key_id = object()
         self._lock = threading.Lock()
         self._cache: TLRUCache[str, _Entry] = TLRUCache(
@@ -682,9 +690,10 @@ class TokenIssuer:
                 f"{self._workspace_id}; pass this workspace's admin token.",
                 option="signing_key",
             )
+        hmac_key = _prepare_hmac_key(key)
         with self._lock:
             self._key = key
-            self._key_bytes = key.encode()
+            self._hmac_key = hmac_key
             self._key_id = object()
             self._cache.clear()
         logger.info("Tinybird signing key rotated; cached tokens dropped")
@@ -737,7 +746,9 @@ class TokenIssuer:
         return _Claims(identity, name, rps, scopes)
 
     def _issue(self, claims: _Claims) -> TinybirdToken:
-        key_claims = (claims.name, claims.rps, claims.scopes)
+        # The entry keeps the scopes' comparison keys, not the scope objects,
+        # which cuts the memory per cached user; equal keys mean equal claims.
+        key_claims = (claims.name, claims.rps, tuple(s._key for s in claims.scopes))
 
         # The lock covers lookup, signing and insertion, so concurrent calls
         # for one user mint once. The clock is the only option called under
@@ -792,12 +803,39 @@ class TokenIssuer:
         if claims.rps is not None:
             payload["limits"] = {"rps": claims.rps}
         try:
-            value = jwt.encode(payload, self._key_bytes, algorithm="HS256")
+            value = _encode_hs256(payload, self._hmac_key)
         except Exception as exc:
             raise SigningError(
                 f"PyJWT failed to sign the token: {type(exc).__name__}."
             ) from exc
         return TinybirdToken(value, expires_at, self._api_url)
+
+
+_HS256 = HMACAlgorithm(HMACAlgorithm.SHA256)
+# The JOSE header that jwt.encode() writes for HS256 (sorted keys, no spaces).
+_HS256_HEADER = base64url_encode(b'{"alg":"HS256","typ":"JWT"}')
+
+
+def _prepare_hmac_key(key: str) -> bytes:
+    # jwt.encode() checks the HMAC key on every call (PyJWT rejects PEM, SSH
+    # and DER keys as HMAC secrets); preparing it once keeps that off each mint.
+    try:
+        return _HS256.prepare_key(key.encode())
+    except jwt.InvalidKeyError:
+        raise ConfigurationError(
+            "signing_key looks like an asymmetric key or certificate, which PyJWT "
+            "rejects as an HMAC secret; pass the Tinybird workspace admin token.",
+            option="signing_key",
+        ) from None
+
+
+def _encode_hs256(payload: dict[str, Any], hmac_key: bytes) -> str:
+    # The JWS compact serialisation that jwt.encode(payload, key, "HS256")
+    # produces, byte for byte, with PyJWT's own HMAC and base64url helpers.
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    signing_input = _HS256_HEADER + b"." + base64url_encode(body)
+    signature = base64url_encode(_HS256.sign(signing_input, hmac_key))
+    return (signing_input + b"." + signature).decode()
 
 
 def _same_uuid(value: object, workspace_id: str) -> bool:

@@ -8,6 +8,7 @@ and these plain ``str`` pairs.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -258,9 +259,15 @@ class DeliveryConfig:
             suffix.append("HttpOnly")
         suffix.append(f"SameSite={self.cookie_samesite.capitalize()}")
         object.__setattr__(self, "_cookie_suffix", "; ".join(suffix))
+        names = frozenset({self.header_name.lower(), self.expires_header_name.lower()})
+        object.__setattr__(self, "_header_names", names)
 
     # The cookie attributes after Max-Age, built once in __post_init__.
     _cookie_suffix: str = field(default="", init=False, repr=False, compare=False)
+    # Lower-case names of the token's own headers, built once in __post_init__.
+    _header_names: frozenset[str] = field(
+        default=frozenset(), init=False, repr=False, compare=False
+    )
     # Oversized cookies met by this configuration; the error is logged on the
     # first and every thousandth, so a misconfiguration cannot flood the log.
     # next() on itertools.count is atomic in CPython, so threads may share it.
@@ -321,8 +328,8 @@ class DeliveryConfig:
             drop = self._header_names
             add.append((self.header_name, token.value))
             add.append((self.expires_header_name, str(token.expires_at)))
-            replace[EXPOSE_HEADERS] = _merge_tokens(
-                current.get(EXPOSE_HEADERS, ()),
+            replace[EXPOSE_HEADERS] = _cached_merge_tokens(
+                tuple(current.get(EXPOSE_HEADERS, ())),
                 (self.header_name, self.expires_header_name),
             )
 
@@ -333,10 +340,10 @@ class DeliveryConfig:
                 add.append(("Set-Cookie", line))
 
         if self.protect_cache:
-            replace[CACHE_CONTROL] = protect_cache_control(
-                current.get(CACHE_CONTROL, ())
+            replace[CACHE_CONTROL] = _cached_protect_cache_control(
+                tuple(current.get(CACHE_CONTROL, ()))
             )
-            vary = merge_vary(current.get(VARY, ()))
+            vary = _cached_merge_vary(tuple(current.get(VARY, ())))
             if vary is not None:
                 replace[VARY] = vary
         return ResponseEdit(replace, drop, drop_cookie, add)
@@ -413,10 +420,6 @@ class DeliveryConfig:
         if status == 405:
             headers.append(("Allow", "GET, HEAD"))
         return EndpointResponse(status, headers, b"" if method == "HEAD" else body)
-
-    @property
-    def _header_names(self) -> frozenset[str]:
-        return frozenset({self.header_name.lower(), self.expires_header_name.lower()})
 
 
 _WATCHED = frozenset({CACHE_CONTROL, VARY, EXPOSE_HEADERS})
@@ -516,6 +519,13 @@ def _merge_tokens(values: Iterable[str], extra: Sequence[str]) -> str:
             seen.add(lower)
             merged.append(item)
     return ", ".join(merged)
+
+
+# The merges are pure, and responses repeat a few header values (most often
+# none), so edit_for_token() reuses their results instead of parsing each time.
+_cached_merge_tokens = functools.lru_cache(maxsize=256)(_merge_tokens)
+_cached_protect_cache_control = functools.lru_cache(maxsize=256)(protect_cache_control)
+_cached_merge_vary = functools.lru_cache(maxsize=256)(merge_vary)
 
 
 def _set_cookie_name(value: str) -> str:

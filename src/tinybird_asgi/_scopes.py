@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, ClassVar, TypeAlias, TypeGuard
 
 from ._errors import InvalidScopeError
 
@@ -36,23 +36,48 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_RESOURCE_LENGTH = 255
 
 
+# Policies build the same few scopes on every request, so names that passed
+# their pattern are remembered and skip the regular expression next time. The
+# sets keep only exact str values, stop growing at _MAX_REMEMBERED names, and
+# need no lock because set.add is atomic under the GIL.
+_MAX_REMEMBERED = 4096
+_valid_resources: set[str] = set()
+_valid_param_names: set[str] = set()
+
+
 def _check_resource(resource: object, kind: str) -> str:
     if not isinstance(resource, str):
         raise InvalidScopeError(
             f"{kind} resource must be a str, not {type(resource).__name__}.",
             field="resource",
         )
+    if type(resource) is str and resource in _valid_resources:
+        return resource
     if len(resource) > _MAX_RESOURCE_LENGTH or not _RESOURCE.fullmatch(resource):
         raise InvalidScopeError(
             f"{kind} resource {resource[:80]!r} is not a valid Tinybird name or id; "
             "use letters, digits and underscores, not starting with a digit.",
             field="resource",
         )
+    if type(resource) is str and len(_valid_resources) < _MAX_REMEMBERED:
+        _valid_resources.add(resource)
     return resource
 
 
+def _is_param_name(key: object) -> TypeGuard[str]:
+    if not isinstance(key, str):
+        return False
+    if type(key) is str and key in _valid_param_names:
+        return True
+    if not _IDENTIFIER.fullmatch(key):
+        return False
+    if type(key) is str and len(_valid_param_names) < _MAX_REMEMBERED:
+        _valid_param_names.add(key)
+    return True
+
+
 def _check_param(key: object, value: object) -> tuple[str, ParamValue]:
-    if not isinstance(key, str) or not _IDENTIFIER.fullmatch(key):
+    if not _is_param_name(key):
         raise InvalidScopeError(
             f"fixed_params key {key!r} is not a valid parameter name; "
             "use letters, digits and underscores, not starting with a digit.",
@@ -159,7 +184,7 @@ class PipeRead(Scope):
         resource = _check_resource(resource, "PipeRead")
         params: tuple[tuple[str, ParamValue], ...] = ()
         if fixed_params is not None:
-            if not isinstance(fixed_params, Mapping):
+            if type(fixed_params) is not dict and not isinstance(fixed_params, Mapping):
                 raise InvalidScopeError(
                     "PipeRead fixed_params must be a mapping of parameter names "
                     f"to values, not {type(fixed_params).__name__}.",

@@ -30,6 +30,7 @@ from playwright.sync_api import BrowserContext, Page, Playwright, sync_playwrigh
 from tinybird_asgi import TokenIssuer
 from tinybird_asgi.testing import LocalTinybird, ServedRequest
 
+from . import leak_guard
 from .conftest import SIGNING_KEY, WORKSPACE_ID, FakeClock
 from .servers import serve_asgi, serve_wsgi
 
@@ -90,6 +91,11 @@ def context(playwright: Playwright, tmp_path: Path) -> Iterator[BrowserContext]:
         headless=True,
         args=BROWSER_ARGS,
         viewport={"width": 1100, "height": 820},
+    )
+    # The leak guard scans the page's console output too.
+    context.on(
+        "console",
+        lambda message: leak_guard.captured.append(("browser console", message.text)),
     )
     try:
         yield context

@@ -757,7 +757,11 @@ class TokenIssuer:
         # before the lock is taken.
         with self._lock:
             now = self._clock()
-            entry = self._cache.get(claims.identity)
+            # Indexing reads the cache once; get() would also test membership.
+            try:
+                entry: _Entry | None = self._cache[claims.identity]
+            except KeyError:
+                entry = None
             # An entry whose exp lies more than ttl ahead was minted before the
             # clock jumped backwards; it would outlive ttl, so it is replaced.
             if (
@@ -874,6 +878,8 @@ def _check_scopes(scopes: tuple[object, ...]) -> tuple[Scope, ...]:
 def _policy_scopes(scopes: object, identity: str) -> tuple[Scope, ...]:
     if isinstance(scopes, Scope):
         scopes = (scopes,)
+    elif isinstance(scopes, (list, tuple)):
+        pass  # the usual results, checked first to skip the slower ABC checks
     elif isinstance(scopes, (str, bytes, Mapping)) or not isinstance(scopes, Iterable):
         raise PolicyError(
             f"scopes policy returned {type(scopes).__name__} for identity "

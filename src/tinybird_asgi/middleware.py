@@ -148,11 +148,13 @@ class TinybirdMiddleware:
         await self.app(scope, receive, send_with_token)
 
     def _applies(self, scope: ASGIScope) -> bool:
-        # Whether this HTTP request may get a token at all.
-        has_request_method = (
+        # Whether this HTTP request may get a token at all. Only an OPTIONS
+        # request can be a preflight, so other methods skip the header scan.
+        method = scope["method"]
+        has_request_method = method == "OPTIONS" and (
             request_header(scope, b"access-control-request-method") is not None
         )
-        if is_preflight(scope["method"], has_request_method):
+        if is_preflight(method, has_request_method):
             return False
         if self.config.is_excluded(scope["path"]):
             return False

@@ -21,6 +21,7 @@ from ._errors import ConfigurationError
 from ._issuer import TinybirdToken
 
 __all__ = [
+    "CDN_CACHE_HEADERS",
     "MAX_COOKIE_BYTES",
     "DeliveryConfig",
     "DeliveryMode",
@@ -49,9 +50,23 @@ SET_COOKIE = "set-cookie"
 
 _TOKEN_CHARS = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _COOKIE_PATH = re.compile(r"/[\x21-\x3a\x3c-\x7e]*")
+# A request path as servers hand it over: no query, fragment, whitespace or
+# control characters, and no '<' or '>', which no client sends unescaped.
+_REQUEST_PATH = re.compile(r"/[^\x00-\x20\x7f-\x9f\s?#<>]*")
 _DOMAIN = re.compile(r"\.?[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 # Directives a shared cache may act on; a response carrying a token loses them.
 _SHARED_CACHE_DIRECTIVES = frozenset({"public", "s-maxage", "private"})
+# Headers whose caching rules a CDN (Cloudflare, Fastly, Akamai, Vercel) follows
+# instead of Cache-Control. A response carrying a token loses them, so the CDN
+# falls back to Cache-Control: private.
+CDN_CACHE_HEADERS = frozenset(
+    {
+        "cdn-cache-control",
+        "surrogate-control",
+        "cloudflare-cdn-cache-control",
+        "vercel-cdn-cache-control",
+    }
+)
 
 
 class DeliveryOptions(TypedDict, total=False):
@@ -159,7 +174,9 @@ class DeliveryConfig:
     """Path prefixes that get no token; a prefix matches whole segments.
     Stored as a tuple."""
     protect_cache: bool = True
-    """Mark token-carrying responses ``private`` and ``Vary: Cookie``.
+    """Mark token-carrying responses ``private`` and ``Vary: Cookie``, and
+    remove the CDN cache headers (``CDN-Cache-Control``, ``Surrogate-Control``
+    and their vendor variants) that would override ``Cache-Control``.
     Turning it off lets a shared cache (CDN) serve one user's token to others."""
 
     def __post_init__(self) -> None:
@@ -224,22 +241,32 @@ class DeliveryConfig:
             )
         if self.token_path is not None and (
             not isinstance(self.token_path, str)
-            or not _COOKIE_PATH.fullmatch(self.token_path)
+            or not _REQUEST_PATH.fullmatch(self.token_path)
         ):
             raise ConfigurationError(
-                f"token_path {self.token_path!r} must be a path starting with '/'.",
+                f"token_path {self.token_path!r} must be a path starting with '/', "
+                "without a query, fragment, '<', '>', whitespace or control "
+                "characters, as no request path has them.",
                 option="token_path",
             )
         paths = self.exclude_paths
-        if (
-            isinstance(paths, str)
-            or not isinstance(paths, Iterable)
-            or not all(isinstance(p, str) and p.startswith("/") for p in paths)
+        if isinstance(paths, Iterable) and not isinstance(paths, str):
+            paths = tuple(paths)
+        if not isinstance(paths, tuple) or not all(
+            isinstance(p, str) and p.startswith("/") for p in paths
         ):
             raise ConfigurationError(
                 "exclude_paths must be a list of path prefixes starting with '/'.",
                 option="exclude_paths",
             )
+        for path in paths:
+            if not _REQUEST_PATH.fullmatch(path):
+                raise ConfigurationError(
+                    f"exclude_paths entry {path!r} contains a query, fragment, "
+                    "'<', '>', whitespace or control characters, which no request "
+                    "path has; give the path prefix alone.",
+                    option="exclude_paths",
+                )
         object.__setattr__(
             self, "exclude_paths", tuple(p.rstrip("/") or "/" for p in paths)
         )
@@ -259,13 +286,19 @@ class DeliveryConfig:
             suffix.append("HttpOnly")
         suffix.append(f"SameSite={self.cookie_samesite.capitalize()}")
         object.__setattr__(self, "_cookie_suffix", "; ".join(suffix))
-        names = frozenset({self.header_name.lower(), self.expires_header_name.lower()})
-        object.__setattr__(self, "_header_names", names)
+        dropped: frozenset[str] = frozenset()
+        if self.uses_header:
+            dropped |= {self.header_name.lower(), self.expires_header_name.lower()}
+        if self.protect_cache:
+            dropped |= CDN_CACHE_HEADERS
+        object.__setattr__(self, "_dropped_headers", dropped)
 
     # The cookie attributes after Max-Age, built once in __post_init__.
     _cookie_suffix: str = field(default="", init=False, repr=False, compare=False)
-    # Lower-case names of the token's own headers, built once in __post_init__.
-    _header_names: frozenset[str] = field(
+    # Lower-case names of the header lines a token-carrying response loses:
+    # the token's own headers and, with protect_cache, the CDN cache headers.
+    # Built once in __post_init__.
+    _dropped_headers: frozenset[str] = field(
         default=frozenset(), init=False, repr=False, compare=False
     )
     # Oversized cookies met by this configuration; the error is logged on the
@@ -317,15 +350,16 @@ class DeliveryConfig:
 
         ``current`` maps the lower-case names in :attr:`watched_headers` to the
         values the response already has (absent or empty when it has none).
-        The token's own header lines replace any the app set.
+        The token's own header lines replace any the app set. When the token
+        is too large for a cookie, a token cookie the request still carries is
+        deleted. With :attr:`protect_cache`, the CDN cache headers
+        (``CDN_CACHE_HEADERS``) are removed.
         """
         replace: dict[str, str] = {}
         add: list[tuple[str, str]] = []
-        drop: frozenset[str] = frozenset()
         drop_cookie = None
 
         if self.uses_header:
-            drop = self._header_names
             add.append((self.header_name, token.value))
             add.append((self.expires_header_name, str(token.expires_at)))
             replace[EXPOSE_HEADERS] = _cached_merge_tokens(
@@ -335,6 +369,10 @@ class DeliveryConfig:
 
         if self.uses_cookie and request_cookie != token.value:
             line = self.set_cookie_line(token, now)
+            if line is None and request_cookie is not None:
+                # The browser would keep sending the older token, which may
+                # carry another user's or organisation's scopes.
+                line = self._delete_cookie_line()
             if line is not None:
                 drop_cookie = self.cookie_name
                 add.append(("Set-Cookie", line))
@@ -346,7 +384,7 @@ class DeliveryConfig:
             vary = _cached_merge_vary(tuple(current.get(VARY, ())))
             if vary is not None:
                 replace[VARY] = vary
-        return ResponseEdit(replace, drop, drop_cookie, add)
+        return ResponseEdit(replace, self._dropped_headers, drop_cookie, add)
 
     def edit_for_anonymous(self, *, request_cookie: str | None) -> ResponseEdit | None:
         """Return the edit for a response without a principal, if it needs one.
@@ -356,8 +394,12 @@ class DeliveryConfig:
         """
         if not self.uses_cookie or request_cookie is None:
             return None
-        delete = f"{self.cookie_name}=; Max-Age=0; {self._cookie_suffix}"
+        delete = self._delete_cookie_line()
         return ResponseEdit(drop_cookie=self.cookie_name, add=[("Set-Cookie", delete)])
+
+    def _delete_cookie_line(self) -> str:
+        # A Set-Cookie value that deletes the token cookie, with its attributes.
+        return f"{self.cookie_name}=; Max-Age=0; {self._cookie_suffix}"
 
     def set_cookie_line(self, token: TinybirdToken, now: float) -> str | None:
         """Return the ``Set-Cookie`` value for ``token``, or ``None`` if too large.

@@ -10,11 +10,15 @@ check how the adapter merges with them:
     one ``Set-Cookie`` line of the app's own.
 ``forge``
     an ``X-Tinybird-Token`` header of the app's own.
+``cdn``
+    ``CDN-Cache-Control``, ``Surrogate-Control``,
+    ``Cloudflare-CDN-Cache-Control`` and ``Vercel-CDN-Cache-Control``.
 
 Routes: ``/page``, ``/public/page`` (excluded by the suite's options),
 ``/publicity`` (not excluded), ``/stream`` (a body sent in ``STREAM_CHUNKS``)
 and the token endpoint at ``TOKEN_PATH``.
-Identity ``boom`` makes the scopes policy raise.
+Identity ``boom`` makes the scopes policy raise; identity ``wide`` gets 80
+pipes, a token too large for a cookie.
 """
 
 from __future__ import annotations
@@ -76,9 +80,12 @@ def parse_user(header: str | None) -> TestUser | None:
 
 
 def scopes_policy(user: TestUser) -> list[Scope]:
-    """Grant one pipe filtered to the user's org; identity ``boom`` fails."""
+    """Grant one pipe filtered to the user's org; identity ``boom`` fails and
+    identity ``wide`` gets 80 pipes."""
     if user.identity == "boom":
         raise ValueError("policy failure for the test")
+    if user.identity == "wide":
+        return [PipeRead(f"pipe_{i:03d}", {"org_id": user.org}) for i in range(80)]
     return [PipeRead("events", fixed_params={"org_id": user.org})]
 
 
@@ -91,6 +98,10 @@ def app_headers(query: Mapping[str, str]) -> list[tuple[str, str]]:
         ("expose", "Access-Control-Expose-Headers"),
         ("cookie", "Set-Cookie"),
         ("forge", "X-Tinybird-Token"),
+        ("cdn", "CDN-Cache-Control"),
+        ("cdn", "Surrogate-Control"),
+        ("cdn", "Cloudflare-CDN-Cache-Control"),
+        ("cdn", "Vercel-CDN-Cache-Control"),
     ):
         if param in query:
             headers.append((name, query[param]))

@@ -231,6 +231,19 @@ def test_no_cookie_no_principal_untouched(serve: Serve) -> None:
     assert set_cookies(response) == []
 
 
+def test_cookie_oversize_deletes_older_cookie(serve: Serve) -> None:
+    site = serve(delivery="both")
+    old = site.get("/page", user=ALICE).headers[HEADER]
+
+    response = site.get("/page", user="wide:acme", cookie=f"{COOKIE}={old}")
+
+    cookie = token_cookie(response)
+    assert cookie["value"] == ""
+    assert cookie["max-age"] == "0"
+    assert cookie["path"] == "/"
+    assert decode(response.headers[HEADER])["name"] == "wide"
+
+
 def test_app_cookie_kept(serve: Serve) -> None:
     site = serve(delivery="cookie")
 
@@ -283,6 +296,34 @@ def test_cache_protection_can_be_disabled(serve: Serve) -> None:
 
     assert response.headers["cache-control"] == "public"
     assert "vary" not in response.headers
+
+
+def test_cdn_cache_headers_removed(serve: Serve) -> None:
+    response = serve().get("/page", user=ALICE, params={"cdn": "max-age=600"})
+
+    assert response.headers["cache-control"] == "private"
+    for name in (
+        "cdn-cache-control",
+        "surrogate-control",
+        "cloudflare-cdn-cache-control",
+        "vercel-cdn-cache-control",
+    ):
+        assert name not in response.headers
+
+
+def test_cdn_cache_headers_kept_without_token(serve: Serve) -> None:
+    response = serve().get("/page", params={"cdn": "max-age=600"})
+
+    assert response.headers["cdn-cache-control"] == "max-age=600"
+    assert response.headers["surrogate-control"] == "max-age=600"
+
+
+def test_cdn_cache_headers_kept_without_protection(serve: Serve) -> None:
+    site = serve(protect_cache=False)
+
+    response = site.get("/page", user=ALICE, params={"cdn": "max-age=600"})
+
+    assert response.headers["cdn-cache-control"] == "max-age=600"
 
 
 def test_vary_cookie_added(serve: Serve) -> None:

@@ -774,8 +774,11 @@ class TokenIssuer:
                 return entry.token
 
             token = self._sign(claims, now)
-            # Delete first: TLRUCache keeps no entry whose expiry is already past.
-            self._cache.pop(claims.identity, None)
+            # Delete a live entry first, so that an insert TLRUCache skips (its
+            # expiry already past) never leaves the old entry readable. Without
+            # a live entry nothing is readable, so a first mint skips the pop.
+            if entry is not None:
+                self._cache.pop(claims.identity, None)
             self._cache[claims.identity] = _Entry(
                 key_claims,
                 self._key_id,

@@ -91,15 +91,14 @@ def starlette_app(
     """
 
     async def login(request: StarletteRequest) -> Response:
-        # AuthenticationMiddleware ran before the session changed, so the new
-        # user reaches TinybirdMiddleware through request.state on this
-        # response (when no user was signed in) and through scope["user"] on
-        # the next ones.
+        # AuthenticationMiddleware set scope["user"] before the session
+        # changed; replacing it gives this very response the new user's token,
+        # even when another user was signed in.
         username = request.query_params["user"]
         org = request.query_params.get("org", "acme")
         request.session["user"] = username
         request.session["org"] = org
-        request.state.user = OrgSimpleUser(username, org)
+        request.scope["user"] = OrgSimpleUser(username, org)
         return PlainTextResponse("signed in")
 
     async def logout(request: StarletteRequest) -> Response:

@@ -1058,3 +1058,135 @@ async def test_get_token_anonymous_none(issuer: TokenIssuer) -> None:
 async def test_get_token_without_middleware_raises() -> None:
     with pytest.raises(RuntimeError, match="TinybirdMiddleware"):
         await get_token(http_scope())
+
+
+# Paths under root_path
+
+
+@pytest.mark.parametrize(
+    ("path", "root_path", "excluded"),
+    [
+        ("/app/static/x.css", "/app", True),
+        ("/app/page", "/app", False),
+        ("/static/x.css", "", True),
+        ("/application/static/x.css", "/app", False),
+        ("/app/app/static/x.css", "/app", False),
+    ],
+)
+async def test_exclude_paths_relative_to_root_path(
+    issuer: TokenIssuer, path: str, root_path: str, excluded: bool
+) -> None:
+    middleware = TinybirdMiddleware(
+        App(user=ALICE), issuer=issuer, exclude_paths=["/static"]
+    )
+    start = await start_of(middleware, http_scope(path, root_path=root_path))
+
+    assert bool(header_values(start, "x-tinybird-token")) is not excluded
+
+
+async def test_token_path_relative_to_root_path(issuer: TokenIssuer) -> None:
+    app = App()
+    middleware = TinybirdMiddleware(app, issuer=issuer, token_path="/tinybird/token")
+    scope = http_scope("/app/tinybird/token", root_path="/app", user=ALICE)
+
+    start, body = await call(middleware, scope)
+
+    assert start["status"] == 200
+    assert app.calls == 0
+    assert decode(json.loads(body["body"])["token"])["name"] == "alice"
+
+
+async def test_token_path_full_path_not_matched(issuer: TokenIssuer) -> None:
+    app = App(user=ALICE)
+    middleware = TinybirdMiddleware(
+        app, issuer=issuer, token_path="/app/tinybird/token"
+    )
+
+    await start_of(middleware, http_scope("/app/tinybird/token", root_path="/app"))
+
+    assert app.calls == 1
+
+
+# skip_if must be synchronous
+
+
+async def test_skip_if_async_function_rejected(issuer: TokenIssuer) -> None:
+    async def skip_if(scope: ASGIScope) -> bool:
+        return False
+
+    with pytest.raises(ConfigurationError, match="skip_if") as caught:
+        TinybirdMiddleware(App(), issuer=issuer, skip_if=skip_if)  # type: ignore[arg-type]
+
+    assert caught.value.option == "skip_if"
+
+
+async def test_skip_if_async_callable_rejected(issuer: TokenIssuer) -> None:
+    class Skip:
+        async def __call__(self, scope: ASGIScope) -> bool:
+            return False
+
+    with pytest.raises(ConfigurationError, match="skip_if") as caught:
+        TinybirdMiddleware(App(), issuer=issuer, skip_if=Skip())  # type: ignore[arg-type]
+
+    assert caught.value.option == "skip_if"
+
+
+async def test_skip_if_awaitable_result_no_token(
+    issuer: TokenIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def decide(scope: ASGIScope) -> bool:
+        return False
+
+    def skip_if(scope: ASGIScope) -> bool:
+        result: bool = decide(scope)  # type: ignore[assignment]
+        return result
+
+    app = App(user=ALICE)
+    middleware = TinybirdMiddleware(app, issuer=issuer, skip_if=skip_if)
+    with caplog.at_level(logging.ERROR, logger="tinybird_asgi"):
+        start = await start_of(middleware)
+
+    assert header_values(start, "x-tinybird-token") == []
+    assert app.tokens == [None]
+    [record] = caplog.records
+    assert "skip_if returned an awaitable" in record.getMessage()
+
+
+# Failure logging
+
+
+async def test_policy_failure_logged_once(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(user: OrgUser) -> list[Scope]:
+        raise LookupError("org table unavailable")
+
+    app = App(user=ALICE)
+    middleware = TinybirdMiddleware(app, issuer=make_issuer(clock, scopes=broken))
+    with caplog.at_level(logging.ERROR, logger="tinybird_asgi"):
+        first = await start_of(middleware)
+        second = await start_of(middleware)
+
+    assert app.tokens == [None, None]
+    assert header_values(first, "x-tinybird-token") == []
+    assert header_values(second, "x-tinybird-token") == []
+    assert len(caplog.records) == 2
+
+
+async def test_policy_failure_message_sentences(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(user: OrgUser) -> list[Scope]:
+        raise LookupError("org table unavailable")
+
+    middleware = TinybirdMiddleware(App(), issuer=make_issuer(clock, scopes=broken))
+    with caplog.at_level(logging.ERROR, logger="tinybird_asgi"):
+        await start_of(middleware, http_scope("/page", user=ALICE))
+
+    [record] = caplog.records
+    message = record.getMessage()
+    assert message.startswith(
+        "Tinybird token not issued for GET '/page' (identity 'alice'), so the "
+        "response goes out without a token. Cause: PolicyError: "
+    )
+    assert ".;" not in message

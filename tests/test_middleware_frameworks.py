@@ -11,6 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
 
 from tests.asgi_apps import (
     ORIGIN,
@@ -19,11 +24,11 @@ from tests.asgi_apps import (
     fastapi_app,
     starlette_app,
 )
-from tests.asgi_support import API_URL, decode, make_issuer
+from tests.asgi_support import API_URL, OrgUser, decode, make_issuer
 from tests.conftest import FakeClock
 from tests.servers import serve_asgi
-from tinybird_asgi import TokenIssuer
-from tinybird_asgi._asgi_types import ASGIApp
+from tinybird_asgi import TinybirdMiddleware, TokenIssuer
+from tinybird_asgi._asgi_types import ASGIApp, ASGIScope
 
 Connect = Callable[[ASGIApp], httpx.AsyncClient]
 
@@ -115,14 +120,15 @@ async def test_starlette_org_switch_new_token(
     first = await client.get("/login", params={"user": "alice", "org": "acme"})
     old = first.headers["x-tinybird-token"]
 
-    await client.get("/login", params={"user": "alice", "org": "globex"})
+    switch = await client.get("/login", params={"user": "alice", "org": "globex"})
     page = await client.get("/page")
 
-    new = page.headers["x-tinybird-token"]
+    new = switch.headers["x-tinybird-token"]
     assert old != new
     assert decode(old)["scopes"][0]["fixed_params"] == {"org_id": "acme"}
     assert decode(new)["scopes"][0]["fixed_params"] == {"org_id": "globex"}
-    assert cookie_value(page, "tinybird_token") == new
+    assert cookie_value(switch, "tinybird_token") == new
+    assert page.headers["x-tinybird-token"] == new
     assert page.json() == {"token": new}
 
 
@@ -383,3 +389,76 @@ def test_stream_first_chunk_arrives_before_second(issuer: TokenIssuer) -> None:
 
     assert received == b"".join(STREAM_CHUNKS)
     assert decode(token)["name"] == "alice"
+
+
+# Account switch on the sign-in response
+
+
+async def test_starlette_signin_switch_carries_new_user(
+    connect: Connect, issuer: TokenIssuer
+) -> None:
+    client = connect(starlette_app(issuer, delivery="both", cookie_secure=False))
+
+    alice = await client.get("/login", params={"user": "alice", "org": "acme"})
+    bob = await client.get("/login", params={"user": "bob", "org": "globex"})
+    page = await client.get("/page")
+
+    assert decode(alice.headers["x-tinybird-token"])["name"] == "alice"
+    claims = decode(bob.headers["x-tinybird-token"])
+    assert claims["name"] == "bob"
+    assert claims["scopes"][0]["fixed_params"] == {"org_id": "globex"}
+    assert cookie_value(bob, "tinybird_token") == bob.headers["x-tinybird-token"]
+    assert page.json() == {"token": bob.headers["x-tinybird-token"]}
+
+
+# Starlette Mount: paths relative to root_path
+
+
+def mounted_app(issuer: TokenIssuer) -> Starlette:
+    """Mount at ``/app`` a Starlette app whose user comes from ``X-User``."""
+
+    def principal(scope: ASGIScope) -> OrgUser | None:
+        for key, value in scope["headers"]:
+            if key == b"x-user":
+                return OrgUser(value.decode(), "acme")
+        return None
+
+    async def page(request: Request) -> Response:
+        return JSONResponse({"path": request.url.path})
+
+    inner = Starlette(
+        routes=[Route("/{rest:path}", page)],
+        middleware=[
+            Middleware(
+                TinybirdMiddleware,
+                issuer=issuer,
+                principal=principal,
+                exclude_paths=["/static"],
+                token_path="/tinybird/token",
+            )
+        ],
+    )
+    return Starlette(routes=[Mount("/app", app=inner)])
+
+
+async def test_mount_exclude_paths_relative(
+    connect: Connect, issuer: TokenIssuer
+) -> None:
+    client = connect(mounted_app(issuer))
+
+    static = await client.get("/app/static/site.css", headers={"x-user": "alice"})
+    page = await client.get("/app/dashboard", headers={"x-user": "alice"})
+
+    assert static.status_code == 200
+    assert "x-tinybird-token" not in static.headers
+    assert decode(page.headers["x-tinybird-token"])["name"] == "alice"
+
+
+async def test_mount_token_path_relative(connect: Connect, issuer: TokenIssuer) -> None:
+    client = connect(mounted_app(issuer))
+
+    response = await client.get("/app/tinybird/token", headers={"x-user": "alice"})
+
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "private, no-store"
+    assert decode(response.json()["token"])["name"] == "alice"

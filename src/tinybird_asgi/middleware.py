@@ -42,6 +42,9 @@ SkipFunc: TypeAlias = Callable[[ASGIScope], bool]
 # The scope key under which a request finds its middleware; ``None`` marks a
 # request that the middleware passes through without a token.
 SCOPE_KEY = "tinybird_asgi.middleware"
+# Set on the scope once a request's issuing failure is logged, so get_token()
+# and the response start, which both issue, log it once between them.
+FAILURE_LOGGED_KEY = "tinybird_asgi.failure_logged"
 
 _OPTION_NAMES = DeliveryOptions.__required_keys__ | DeliveryOptions.__optional_keys__
 
@@ -65,8 +68,8 @@ class TinybirdMiddleware:
         ``AuthenticationMiddleware``), else ``scope["state"][state_attribute]``
         (``request.state.user``).
     :param state_attribute: the ``request.state`` attribute read by default.
-    :param skip_if: ``skip_if(scope)`` returns ``True`` for a request that
-        gets no token.
+    :param skip_if: ``skip_if(scope)``, a synchronous callable, returns
+        ``True`` for a request that gets no token.
     :param options: the delivery options of
         :class:`~tinybird_asgi.DeliveryConfig`.
     :raises ConfigurationError: for an invalid option, naming it.
@@ -110,6 +113,13 @@ class TinybirdMiddleware:
             raise ConfigurationError(
                 "skip_if must be a callable scope -> bool.", option="skip_if"
             )
+        if skip_if is not None and _is_async_callable(skip_if):
+            raise ConfigurationError(
+                "skip_if must be a synchronous callable scope -> bool; an async "
+                "function returns a coroutine, which is always true. Decide from "
+                "the scope without awaiting.",
+                option="skip_if",
+            )
 
         self.app = app
         self.issuer = issuer
@@ -136,7 +146,7 @@ class TinybirdMiddleware:
         scope.setdefault("state", {})
         scope[SCOPE_KEY] = self
 
-        if self.config.is_token_path(scope["path"]):
+        if self.config.is_token_path(route_path(scope)):
             await self._serve_token_endpoint(scope, send)
             return
 
@@ -156,21 +166,33 @@ class TinybirdMiddleware:
         )
         if is_preflight(method, has_request_method):
             return False
-        if self.config.is_excluded(scope["path"]):
+        if self.config.is_excluded(route_path(scope)):
             return False
         if self._skip_if is None:
             return True
         try:
-            return not self._skip_if(scope)
+            skip = self._skip_if(scope)
         except Exception:
             logger.error(
-                "skip_if raised for %s %r; the response goes out without a "
+                "skip_if raised for %s %r, so the response goes out without a "
                 "Tinybird token.",
                 scope["method"],
                 scope["path"],
                 exc_info=True,
             )
             return False
+        if inspect.isawaitable(skip):
+            if inspect.iscoroutine(skip):
+                skip.close()
+            logger.error(
+                "skip_if returned an awaitable for %s %r instead of a bool, so "
+                "the response goes out without a Tinybird token; make skip_if "
+                "synchronous.",
+                scope["method"],
+                scope["path"],
+            )
+            return False
+        return not skip
 
     async def _deliver(self, scope: ASGIScope, message: Message) -> Message:
         # Return the response start message with the token added, or the
@@ -282,10 +304,13 @@ class TinybirdMiddleware:
 
     @staticmethod
     def _log_failure(scope: ASGIScope, exc: Exception) -> None:
+        if scope.get(FAILURE_LOGGED_KEY):
+            return
+        scope[FAILURE_LOGGED_KEY] = True
         identity = exc.identity if isinstance(exc, PolicyError) else None
         logger.error(
-            "Tinybird token not issued for %s %r (identity %r): %s: %s; the "
-            "response goes out without a token.",
+            "Tinybird token not issued for %s %r (identity %r), so the response "
+            "goes out without a token. Cause: %s: %s",
             scope["method"],
             scope["path"],
             identity,
@@ -293,6 +318,33 @@ class TinybirdMiddleware:
             exc,
             exc_info=True,
         )
+
+
+def route_path(scope: ASGIScope) -> str:
+    """Return the request path relative to ``root_path``, as the app routes it.
+
+    Servers (``uvicorn --root-path``) and Starlette's ``Mount`` put
+    ``root_path`` at the start of ``path``; the prefix is removed when it
+    covers whole segments, as Starlette's router does.
+    """
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path") or ""
+    if not root_path or not path.startswith(root_path):
+        return path
+    rest = path[len(root_path) :]
+    if not rest:
+        return "/"
+    if rest[0] == "/":
+        return rest
+    return path
+
+
+def _is_async_callable(func: object) -> bool:
+    # An async function (inspect unwraps functools.partial), or an object whose
+    # class defines an async __call__.
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        type(func).__call__
+    )
 
 
 async def get_token(request_or_scope: HasScope | ASGIScope) -> TinybirdToken | None:

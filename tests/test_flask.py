@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import types
-from collections.abc import Callable
 from typing import Any
 
 import flask
@@ -361,96 +359,6 @@ def test_g_user_none_gets_no_token(clock: FakeClock) -> None:
     response = fetch(make_app(policy_extension(clock), user=None))
 
     assert HEADER not in response.headers
-
-
-# Exemptions
-
-
-def test_exempt_view_gets_no_token(clock: FakeClock) -> None:
-    tinybird = policy_extension(clock)
-    app = make_app(tinybird)
-
-    @app.route("/health")
-    @tinybird.exempt
-    def health() -> str:
-        return "up"
-
-    with serve_wsgi(app) as url:
-        exempt = httpx.get(url + "/health", timeout=10.0)
-        other = httpx.get(url + "/page", timeout=10.0)
-
-    assert exempt.text == "up"
-    assert HEADER not in exempt.headers
-    assert HEADER in other.headers
-
-
-def exempt_wrapper(view: Callable[[], str]) -> Callable[[], str]:
-    @functools.wraps(view)
-    def wrapper() -> str:
-        return view()
-
-    return wrapper
-
-
-def test_exempt_under_wrapping_decorator(clock: FakeClock) -> None:
-    tinybird = policy_extension(clock)
-    app = make_app(tinybird)
-
-    @app.route("/wrapped")
-    @exempt_wrapper
-    @tinybird.exempt
-    def wrapped() -> str:
-        return "wrapped"
-
-    assert HEADER not in fetch(app, "/wrapped").headers
-
-
-def test_exempt_by_view_name(clock: FakeClock) -> None:
-    tinybird = policy_extension(clock)
-    app = make_app(tinybird)
-
-    @app.route("/named")
-    def named() -> str:
-        return "named"
-
-    tinybird.exempt(f"{named.__module__}.{named.__qualname__}")
-
-    assert HEADER not in fetch(app, "/named").headers
-
-
-def test_exempt_blueprint_and_children(clock: FakeClock) -> None:
-    tinybird = policy_extension(clock)
-    api = flask.Blueprint("api", __name__, url_prefix="/api")
-    child = flask.Blueprint("child", __name__, url_prefix="/child")
-    other = flask.Blueprint("other", __name__, url_prefix="/other")
-
-    @api.route("/ping")
-    def api_ping() -> str:
-        return "api"
-
-    @child.route("/ping")
-    def child_ping() -> str:
-        return "child"
-
-    @other.route("/ping")
-    def other_ping() -> str:
-        return "other"
-
-    api.register_blueprint(child)
-    tinybird.exempt(api)
-    app = make_app(tinybird)
-    app.register_blueprint(api)
-    app.register_blueprint(other)
-
-    with serve_wsgi(app) as url:
-        api_response = httpx.get(url + "/api/ping", timeout=10.0)
-        child_response = httpx.get(url + "/api/child/ping", timeout=10.0)
-        other_response = httpx.get(url + "/other/ping", timeout=10.0)
-
-    assert child_response.text == "child"
-    assert HEADER not in api_response.headers
-    assert HEADER not in child_response.headers
-    assert HEADER in other_response.headers
 
 
 # Jinja global and current_token()

@@ -17,6 +17,7 @@ from flask import (
     has_request_context,
     request,
 )
+from flask.views import View
 from werkzeug.datastructures import Headers
 
 from tinybird_asgi import (
@@ -116,8 +117,10 @@ class TinybirdJWT:
         self._identity: IdentityFunc | None = None
         self._principal_loader: PrincipalLoader | None = None
         self._clock = clock
-        self._exempt_views: set[str] = set()
-        self._exempt_blueprints: set[str] = set()
+        # Keyed by id() so that unhashable callables work; the values keep
+        # each object alive, so its id is never reused.
+        self._exempt_views: dict[int, object] = {}
+        self._exempt_blueprints: dict[int, Blueprint] = {}
         if app is not None:
             self.init_app(app)
 
@@ -203,25 +206,37 @@ class TinybirdJWT:
     def exempt(self, view: Blueprint) -> Blueprint: ...
 
     @overload
-    def exempt(self, view: str) -> str: ...
-
-    @overload
     def exempt(self, view: _F) -> _F: ...
 
-    def exempt(self, view: _F | Blueprint | str) -> _F | Blueprint | str:
-        """Exclude a view function or a whole blueprint from token delivery.
+    def exempt(self, view: _F | Blueprint) -> _F | Blueprint:
+        """Exclude a view or a whole blueprint from token delivery.
 
-        Use it as a decorator on a view, or call it with a blueprint or with a
-        view's ``"module.qualname"``. A view is matched by module and
-        qualified name, so it may sit under other decorators that use
-        :func:`functools.wraps`.
+        Use it as a decorator on a view function, or call it with a view
+        function, a class-based view (the function ``View.as_view`` returns,
+        or the ``View`` subclass itself) or a :class:`~flask.Blueprint`.
+
+        Views are matched by identity, through any wrappers made with
+        :func:`functools.wraps`; a class-based view matches every
+        ``as_view`` registration of its class. A blueprint matches under
+        every name it is registered with, and its child blueprints with it.
+
+        :raises ConfigurationError: for anything else, such as a view's name.
         """
         if isinstance(view, Blueprint):
-            self._exempt_blueprints.add(view.name)
-        elif isinstance(view, str):
-            self._exempt_views.add(view)
-        else:
-            self._exempt_views.add(_view_name(view))
+            self._exempt_blueprints[id(view)] = view
+            return view
+        if isinstance(view, type) and issubclass(view, View):
+            self._exempt_views[id(view)] = view
+            return view
+        if isinstance(view, str) or not callable(view):
+            raise ConfigurationError(
+                "exempt() takes a view function, a View class or a Blueprint, "
+                f"not {type(view).__name__}; for a view registered elsewhere, "
+                "pass app.view_functions[endpoint].",
+                option="exempt",
+            )
+        target = getattr(view, "view_class", view)
+        self._exempt_views[id(target)] = target
         return view
 
     # Per-request API
@@ -380,20 +395,39 @@ class TinybirdJWT:
             return True
         if delivery.is_excluded(request.path):
             return True
-        if any(name in self._exempt_blueprints for name in request.blueprints):
-            return True
-        view = current_app.view_functions.get(request.endpoint or "")
-        return view is not None and _view_name(view) in self._exempt_views
+        return self._is_exempt_blueprint() or self._is_exempt_view()
+
+    def _is_exempt_blueprint(self) -> bool:
+        # request.blueprints lists the registered names, dotted for nested
+        # ones ("parent.child"), from the request's blueprint up to the
+        # outermost; app.blueprints maps each name to its Blueprint.
+        blueprints = current_app.blueprints
+        for name in request.blueprints:
+            blueprint = blueprints.get(name)
+            if blueprint is not None and id(blueprint) in self._exempt_blueprints:
+                return True
+        return False
+
+    def _is_exempt_view(self) -> bool:
+        view: object = current_app.view_functions.get(request.endpoint or "")
+        seen: set[int] = set()
+        # Walk the __wrapped__ chain that functools.wraps leaves, so that an
+        # exempted view still matches under later decorators.
+        while view is not None and id(view) not in seen:
+            seen.add(id(view))
+            if id(view) in self._exempt_views:
+                return True
+            view_class = getattr(view, "view_class", None)
+            if view_class is not None and id(view_class) in self._exempt_views:
+                return True
+            view = getattr(view, "__wrapped__", None)
+        return False
 
 
 def _is_preflight() -> bool:
     return is_preflight(
         request.method, "Access-Control-Request-Method" in request.headers
     )
-
-
-def _view_name(view: Callable[..., Any]) -> str:
-    return f"{view.__module__}.{view.__qualname__}"
 
 
 def _check_callback(what: str, func: object) -> None:

@@ -92,6 +92,15 @@ def build_delivery(config: Mapping[str, Any]) -> DeliveryConfig:
     :raises ConfigurationError: naming the ``TINYBIRD_*`` key at fault.
     """
     options = {option: config[key] for option, key in DELIVERY_KEYS.items()}
+    token_path = options["token_path"]
+    if isinstance(token_path, str) and ("<" in token_path or ">" in token_path):
+        key = DELIVERY_KEYS["token_path"]
+        raise ConfigurationError(
+            f"app.config[{key!r}] is invalid: {token_path!r} contains a URL rule "
+            "variable or an angle bracket, but the token endpoint is one fixed "
+            "path; set it to a path such as '/tinybird/token'.",
+            option=key,
+        )
     paths = options["exclude_paths"]
     if isinstance(paths, list):
         options["exclude_paths"] = tuple(paths)

@@ -56,6 +56,7 @@ ENDPOINT_NAME = "tinybird.token"
 # Every method reaches the token view, so the core returns 405 for the
 # others exactly as in the ASGI middleware.
 _TOKEN_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_PREFLIGHT_ALLOW = "GET, HEAD, OPTIONS"
 # g attribute caching (principal, token, error) for one request, so the Jinja
 # global, current_token() and the after_request hook call the scopes policy
 # once per principal, and a failure is logged once.
@@ -328,9 +329,13 @@ class TinybirdJWT:
 
     def _token_view(self) -> Response:
         # Like the ASGI middleware, a CORS preflight goes to the app (here
-        # Flask's own OPTIONS reply) and every other method to the core.
+        # Flask's own OPTIONS reply, which CORS hooks then complete) and every
+        # other method to the core. Flask's reply lists every method of the
+        # rule, but only GET and HEAD get more than a 405.
         if _is_preflight():
-            return current_app.make_default_options_response()
+            response = current_app.make_default_options_response()
+            response.headers["Allow"] = _PREFLIGHT_ALLOW
+            return response
 
         delivery = self._state().delivery
         method = request.method

@@ -294,19 +294,6 @@ def test_issuer_argument_adds_no_issuer_keys(clock: FakeClock) -> None:
     assert app.config["TINYBIRD_DELIVERY"] == "header"
 
 
-def test_async_callback_rejected(clock: FakeClock) -> None:
-    tinybird = TinybirdJWT(clock=clock)
-
-    async def policy(user: TestUser) -> list[PipeRead]:
-        return org_scopes(user)
-
-    with pytest.raises(ConfigurationError) as raised:
-        tinybird.scopes_policy(policy)  # type: ignore[arg-type]
-
-    assert raised.value.option == "scopes_policy"
-    assert "async" in str(raised.value)
-
-
 def test_non_callable_loader_rejected(clock: FakeClock) -> None:
     with pytest.raises(ConfigurationError) as raised:
         TinybirdJWT(clock=clock).principal_loader("g.user")  # type: ignore[arg-type]

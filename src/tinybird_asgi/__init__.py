@@ -29,6 +29,7 @@ from ._errors import (
 )
 from ._issuer import (
     AnonymousPrincipalError,
+    AsyncCallbackError,
     TinybirdToken,
     TokenIssuer,
     default_identity,
@@ -52,6 +53,7 @@ except _PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "AnonymousPrincipalError",
+    "AsyncCallbackError",
     "ConfigurationError",
     "DatasourceAppend",
     "DatasourceRead",

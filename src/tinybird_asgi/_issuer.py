@@ -33,6 +33,7 @@ from ._signing_key import DEFAULT_API_URL, REGION_API_URLS, read_token_payload
 
 __all__ = [
     "AnonymousPrincipalError",
+    "AsyncCallbackError",
     "TinybirdToken",
     "TokenIssuer",
     "default_identity",
@@ -65,6 +66,11 @@ MAX_CLOCK = 9_999_999_999
 
 class AnonymousPrincipalError(PolicyError):
     """Raised by ``token_for`` for ``None`` or an unauthenticated principal."""
+
+
+class AsyncCallbackError(PolicyError):
+    """Raised by ``token_for`` when a callback returns an awaitable, which only
+    ``atoken_for`` can await."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -573,6 +579,23 @@ class TokenIssuer:
         """The clock that ``exp`` and cache expiry are read from."""
         return self._clock
 
+    @property
+    def async_callbacks(self) -> tuple[str, ...]:
+        """Names of the options (``scopes``, ``identity``, ``name``,
+        ``rate_limit``) given as ``async def`` functions, which only
+        :meth:`atoken_for` can call."""
+        callbacks = {
+            "scopes": self._scopes_policy,
+            "identity": self._identity,
+            "name": self._name,
+            "rate_limit": self._rate_limit,
+        }
+        return tuple(
+            option
+            for option, callback in callbacks.items()
+            if inspect.iscoroutinefunction(callback)
+        )
+
     def __len__(self) -> int:
         """Return the number of users with a cached token."""
         with self._lock:
@@ -608,7 +631,7 @@ class TokenIssuer:
             return self._issue(done.value)
         steps.close()
         _discard(awaitable)
-        raise PolicyError(
+        raise AsyncCallbackError(
             "A callback returned an awaitable; call atoken_for() for async "
             "policies, identity, name or rate_limit callbacks."
         )

@@ -22,6 +22,7 @@ from werkzeug.datastructures import Headers
 
 from tinybird_asgi import (
     AnonymousPrincipalError,
+    AsyncCallbackError,
     ConfigurationError,
     DeliveryConfig,
     PolicyError,
@@ -99,11 +100,8 @@ class TinybirdJWT:
         scopes_policy: ScopesPolicy | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        if issuer is not None and not isinstance(issuer, TokenIssuer):
-            raise ConfigurationError(
-                f"issuer must be a TokenIssuer, not {type(issuer).__name__}.",
-                option="issuer",
-            )
+        if issuer is not None:
+            _check_issuer(issuer)
         if issuer is not None and scopes_policy is not None:
             raise _issuer_conflict("scopes_policy")
         if scopes_policy is not None:
@@ -118,6 +116,7 @@ class TinybirdJWT:
         self._identity: IdentityFunc | None = None
         self._principal_loader: PrincipalLoader | None = None
         self._clock = clock
+
         # Keyed by id() so that unhashable callables work; the values keep
         # each object alive, so its id is never reused.
         self._exempt_views: dict[int, object] = {}
@@ -281,9 +280,14 @@ class TinybirdJWT:
         return state
 
     def _principal(self) -> Any:
-        if self._principal_loader is not None:
-            return self._principal_loader()
-        return default_principal()
+        if self._principal_loader is None:
+            return default_principal()
+        principal = self._principal_loader()
+        if inspect.isawaitable(principal):
+            if inspect.iscoroutine(principal):
+                principal.close()
+            raise AsyncCallbackError("principal_loader returned an awaitable.")
+        return principal
 
     def _token_for(self, principal: Any) -> TinybirdToken | None:
         cached: _Outcome | None = g.get(_G_CACHE)
@@ -435,10 +439,28 @@ def _is_preflight() -> bool:
     )
 
 
+def _check_issuer(issuer: object) -> None:
+    if not isinstance(issuer, TokenIssuer):
+        raise ConfigurationError(
+            f"issuer must be a TokenIssuer, not {type(issuer).__name__}.",
+            option="issuer",
+        )
+    if issuer.async_callbacks:
+        raise ConfigurationError(
+            f"issuer has async callbacks ({', '.join(issuer.async_callbacks)}), "
+            "but Flask calls them synchronously; pass plain functions to "
+            "that TokenIssuer.",
+            option="issuer",
+        )
+
+
 def _check_callback(what: str, func: object) -> None:
     if not callable(func):
         raise ConfigurationError(f"{what} must be a callable.", option=what)
-    if inspect.iscoroutinefunction(func):
+    # The second test finds callable objects whose __call__ is async def.
+    if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        type(func).__call__
+    ):
         raise ConfigurationError(
             f"{what} is async, but Flask's after_request hooks are synchronous; "
             "register a plain function.",
@@ -458,9 +480,27 @@ def _log_failure(exc: Exception) -> None:
     # The core's messages name the identity and never a token or a key; other
     # exceptions come from app callbacks and are logged by type, with their
     # traceback.
-    if g.get(_G_LOGGED) is exc:
+    # An AsyncCallbackError is logged once per request even when the
+    # principal loader raises a new one on each lookup.
+    logged = g.get(_G_LOGGED)
+    if logged is exc or (
+        isinstance(exc, AsyncCallbackError) and isinstance(logged, AsyncCallbackError)
+    ):
         return
     setattr(g, _G_LOGGED, exc)
+    if isinstance(exc, AsyncCallbackError):
+        # The core's message advises atoken_for(), which no Flask hook can
+        # await; the traceback would only show the core's internals.
+        logger.error(
+            "Tinybird token not issued for %s %r: a TinybirdJWT callback (scopes "
+            "policy, identity, name, rate_limit or principal loader) returned an "
+            "awaitable, but Flask calls callbacks synchronously; register plain "
+            "functions that return their result. The response goes out without "
+            "a token.",
+            request.method,
+            request.path,
+        )
+        return
     identity = exc.identity if isinstance(exc, PolicyError) else None
     reason = str(exc) if isinstance(exc, TinybirdError) else type(exc).__name__
     logger.error(

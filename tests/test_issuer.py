@@ -244,6 +244,54 @@ def test_identity_flask_login_custom_get_id() -> None:
     assert default_identity(Account()) == "acct-9"
 
 
+def test_identity_get_id_before_username() -> None:
+    class Account(UserMixin):  # type: ignore[misc]
+        def __init__(self, id: int, username: str) -> None:
+            self.id = id
+            self.username = username
+
+    assert default_identity(Account(42, "alice")) == "42"
+    assert default_identity(Account(43, "alice")) == "43"
+
+
+def test_identity_shared_username_separate_tokens(clock: FakeClock) -> None:
+    class Account(UserMixin):  # type: ignore[misc]
+        def __init__(self, id: int, username: str) -> None:
+            self.id = id
+            self.username = username
+
+    issuer = make_issuer(clock, scopes=[PipeRead("events")], rate_limit=5)
+
+    first = issuer.token_for(Account(1, "alice"))
+    second = issuer.token_for(Account(2, "alice"))
+
+    assert first.value != second.value
+    assert decode(first)["name"] == "1"
+    assert decode(second)["name"] == "2"
+    assert len(issuer) == 2
+
+
+def test_identity_username_before_id() -> None:
+    @dataclass
+    class Row:
+        id: int
+        username: str
+
+    assert default_identity(Row(7, "alice")) == "alice"
+
+
+def test_identity_starlette_before_get_id() -> None:
+    class Member(SimpleUser):
+        @property
+        def identity(self) -> str:
+            return "member-7"
+
+        def get_id(self) -> str:
+            return "acct-9"
+
+    assert default_identity(Member("alice")) == "member-7"
+
+
 def test_identity_id_attribute() -> None:
     @dataclass
     class Row:

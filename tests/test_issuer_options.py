@@ -178,6 +178,25 @@ def test_workspace_id_bad_in_key(value: object) -> None:
     assert caught.value.option == "workspace_id"
 
 
+def test_workspace_id_swapped_key_not_echoed() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        TokenIssuer(signing_key=WORKSPACE_ID, workspace_id=SIGNING_KEY, scopes=SCOPES)
+
+    message = str(caught.value)
+    assert caught.value.option == "workspace_id"
+    assert SIGNING_KEY[:8] not in message
+    assert f"a str of {len(SIGNING_KEY)} characters" in message
+
+
+@pytest.mark.parametrize("option", ["workspace_id", "api_url"])
+def test_invalid_option_value_not_echoed(option: str) -> None:
+    error = option_error(**{option: SIGNING_KEY})
+
+    assert error.option == option
+    assert SIGNING_KEY[:8] not in str(error)
+    assert SIGNING_KEY[-8:] not in str(error)
+
+
 # api_url
 
 

@@ -239,3 +239,38 @@ def test_fixed_params_validated(key: str, value: object) -> None:
         return
     scope = PipeRead("pipe", fixed_params={key: value})  # type: ignore[dict-item]
     assert scope.fixed_params == {key: value}
+
+
+@dataclass(frozen=True)
+class NamedUser:
+    id: str
+    name: str
+    rps: int | None
+    scopes: tuple[Scope, ...]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    identity=st.text(min_size=1, max_size=200),
+    name=st.text(max_size=200).filter(lambda text: text.strip() != ""),
+    rps=st.one_of(st.none(), st.integers(min_value=1, max_value=2**31)),
+    scopes=st.lists(scope_strategy, min_size=1, max_size=8),
+)
+def test_signature_equals_jwt_encode(
+    identity: str, name: str, rps: int | None, scopes: list[Scope]
+) -> None:
+    issuer = TokenIssuer(
+        signing_key=SIGNING_KEY,
+        workspace_id=WORKSPACE_ID,
+        scopes=lambda user: user.scopes,
+        name=lambda user: user.name,
+        rate_limit=lambda user: user.rps,
+        clock=FakeClock(),
+    )
+
+    token = issuer.token_for(NamedUser(identity, name, rps, tuple(scopes)))
+
+    claims = _decode(token.value)
+    assert claims["name"] == name
+    assert claims.get("limits") == (None if rps is None else {"rps": rps})
+    assert token.value == jwt.encode(claims, SIGNING_KEY, algorithm="HS256")

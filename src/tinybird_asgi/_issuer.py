@@ -124,8 +124,9 @@ def default_identity(principal: object) -> str:
 
     Tried in order: a ``str`` principal itself; Starlette's
     ``BaseUser.identity`` (skipped when it raises ``NotImplementedError``, as
-    ``SimpleUser``'s does); a ``username`` attribute; Flask-Login's
-    ``get_id()``; an ``id`` attribute.
+    ``SimpleUser``'s does); Flask-Login's ``get_id()``; a ``username``
+    attribute; an ``id`` attribute. ``get_id()`` comes before ``username``
+    because Flask-Login requires it to be unique, while usernames may repeat.
 
     :raises IdentityError: when none of them gives a non-empty value.
     """
@@ -139,10 +140,6 @@ def default_identity(principal: object) -> str:
     if identity is not None and not callable(identity):
         return _check_identity(identity, "principal.identity")
 
-    username = getattr(principal, "username", None)
-    if username is not None and not callable(username):
-        return _check_identity(username, "principal.username")
-
     get_id = getattr(principal, "get_id", None)
     if callable(get_id):
         try:
@@ -153,13 +150,17 @@ def default_identity(principal: object) -> str:
         if value is not None:
             return _check_identity(value, "principal.get_id()")
 
+    username = getattr(principal, "username", None)
+    if username is not None and not callable(username):
+        return _check_identity(username, "principal.username")
+
     value = getattr(principal, "id", None)
     if value is not None and not callable(value):
         return _check_identity(value, "principal.id")
 
     raise IdentityError(
         f"Cannot derive an identity from a principal of type "
-        f"{type(principal).__name__}: it has no identity, username, get_id() "
+        f"{type(principal).__name__}: it has no identity, get_id(), username "
         "or id; pass identity=<callable returning a str> to TokenIssuer."
     )
 
@@ -243,10 +244,17 @@ def _check_workspace_id(value: object, option: str, label: str | None = None) ->
         return str(uuid.UUID(value.strip()))
     except ValueError:
         raise ConfigurationError(
-            f"{label} {value[:60]!r} is not a UUID; pass workspace_id, copied from "
-            "the Tinybird UI or GET /v1/workspace.",
+            f"{label} ({_describe(value)}) is not a UUID; pass workspace_id, "
+            "copied from the Tinybird UI or GET /v1/workspace. Check that it was "
+            "not swapped with signing_key.",
             option=option,
         ) from None
+
+
+def _describe(value: str) -> str:
+    # An invalid option may be a secret given to the wrong option (the signing
+    # key as workspace_id), so messages give its length, never its text.
+    return f"a str of {len(value)} characters"
 
 
 def _check_api_url(value: object, option: str) -> str:
@@ -259,8 +267,8 @@ def _check_api_url(value: object, option: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(
-            f"{option} {value[:100]!r} is not an http(s) URL; pass the Tinybird "
-            "API host, for example https://api.tinybird.co.",
+            f"{option} ({_describe(value)}) is not an http(s) URL; pass the "
+            "Tinybird API host, for example https://api.tinybird.co.",
             option=option,
         )
     if parts.query or parts.fragment or parts.username or parts.password:

@@ -31,7 +31,19 @@ class User(UserMixin):  # type: ignore[misc]
         self.org = org
 
 
-USERS = {"alice": User("alice", "acme"), "bob": User("bob", "globex")}
+class NamedUser(User):
+    def __init__(self, user_id: str, username: str, org: str) -> None:
+        super().__init__(user_id, org)
+        self.username = username
+
+
+USERS = {
+    "alice": User("alice", "acme"),
+    "bob": User("bob", "globex"),
+    # Two accounts that share a display name, in different organisations.
+    "sam-1": NamedUser("sam-1", "sam", "acme"),
+    "sam-2": NamedUser("sam-2", "sam", "globex"),
+}
 
 
 def make_app(clock: FakeClock, *, copy_to_g: bool = False) -> flask.Flask:
@@ -188,3 +200,18 @@ def test_g_user_used_when_not_logged_in(clock: FakeClock) -> None:
         )
 
     assert decode(response.headers["x-tinybird-token"])["name"] == "bob"
+
+
+def test_identity_is_get_id_not_username(clock: FakeClock) -> None:
+    claims: dict[str, dict[str, Any]] = {}
+    with serve_wsgi(make_app(clock)) as url:
+        for user_id in ("sam-1", "sam-2"):
+            with httpx.Client(base_url=url, timeout=10.0) as client:
+                client.get(f"/login/{user_id}")
+                response = client.get("/page")
+            claims[user_id] = decode(response.headers["x-tinybird-token"])
+
+    assert claims["sam-1"]["name"] == "sam-1"
+    assert claims["sam-2"]["name"] == "sam-2"
+    assert claims["sam-1"]["scopes"][0]["fixed_params"] == {"org_id": "acme"}
+    assert claims["sam-2"]["scopes"][0]["fixed_params"] == {"org_id": "globex"}

@@ -30,13 +30,22 @@ def _wait_until(ready: Callable[[], bool], what: str) -> None:
 
 
 @contextmanager
-def serve_asgi(app: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a free loopback port; yield its base URL."""
+def serve_asgi(app: Any, *, root_path: str = "") -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port; yield its base URL.
+
+    ``root_path`` is uvicorn's ``--root-path``, which uvicorn also puts at the
+    start of each request's ``path``."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        root_path=root_path,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, daemon=True

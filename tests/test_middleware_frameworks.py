@@ -28,7 +28,7 @@ from tests.asgi_support import API_URL, OrgUser, decode, make_issuer
 from tests.conftest import FakeClock
 from tests.servers import serve_asgi
 from tinybird_asgi import TinybirdMiddleware, TokenIssuer
-from tinybird_asgi._asgi_types import ASGIApp, ASGIScope
+from tinybird_asgi._asgi_types import ASGIApp, ASGIScope, Receive, Send
 
 Connect = Callable[[ASGIApp], httpx.AsyncClient]
 
@@ -462,3 +462,31 @@ async def test_mount_token_path_relative(connect: Connect, issuer: TokenIssuer) 
     assert response.status_code == 200
     assert response.headers["cache-control"] == "private, no-store"
     assert decode(response.json()["token"])["name"] == "alice"
+
+
+def test_uvicorn_root_path_relative(issuer: TokenIssuer) -> None:
+    def principal(scope: ASGIScope) -> OrgUser:
+        return OrgUser("alice", "acme")
+
+    async def app(scope: ASGIScope, receive: Receive, send: Send) -> None:
+        body = scope["path"].encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    middleware = TinybirdMiddleware(
+        app,
+        issuer=issuer,
+        principal=principal,
+        exclude_paths=["/static"],
+        token_path="/tinybird/token",
+    )
+    with serve_asgi(middleware, root_path="/app") as url, httpx.Client() as client:
+        static = client.get(url + "/static/site.css")
+        page = client.get(url + "/dashboard")
+        endpoint = client.get(url + "/tinybird/token")
+
+    assert static.text == "/app/static/site.css"
+    assert "x-tinybird-token" not in static.headers
+    assert decode(page.headers["x-tinybird-token"])["name"] == "alice"
+    assert endpoint.status_code == 200
+    assert decode(endpoint.json()["token"])["name"] == "alice"

@@ -855,8 +855,8 @@ _HS256_HEADER = base64url_encode(b'{"alg":"HS256","typ":"JWT"}')
 
 
 def _prepare_hmac_key(key: str) -> bytes:
-    # jwt.encode() checks the HMAC key on every call (PyJWT rejects PEM, SSH
-    # and DER keys as HMAC secrets); preparing it once keeps that off each mint.
+    # jwt.encode() checks the HMAC key on every call, rejecting PEM, SSH and
+    # DER keys. Preparing the key once keeps that check off each mint.
     try:
         return _HS256.prepare_key(key.encode())
     except jwt.InvalidKeyError:

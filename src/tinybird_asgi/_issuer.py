@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Self, TypeAlias, TypeVar
+from typing import Any, NamedTuple, Self, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
 import jwt
@@ -322,8 +322,9 @@ def _call(
     return result
 
 
-@dataclass(frozen=True, slots=True)
-class _Claims:
+# A NamedTuple rather than a frozen dataclass: one is built on every call,
+# and a tuple is built several times faster.
+class _Claims(NamedTuple):
     identity: str
     name: str
     rps: int | None

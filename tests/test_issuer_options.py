@@ -179,8 +179,13 @@ def test_workspace_id_bad_in_key(value: object) -> None:
 
 
 def test_workspace_id_swapped_key_not_echoed() -> None:
+    # A UUID of its own: the leak guard records every signing key, and the
+    # suite's WORKSPACE_ID legitimately appears in other messages.
+    swapped_workspace = "0f0e0d0c-0b0a-4908-8706-050403020100"
     with pytest.raises(ConfigurationError) as caught:
-        TokenIssuer(signing_key=WORKSPACE_ID, workspace_id=SIGNING_KEY, scopes=SCOPES)
+        TokenIssuer(
+            signing_key=swapped_workspace, workspace_id=SIGNING_KEY, scopes=SCOPES
+        )
 
     message = str(caught.value)
     assert caught.value.option == "workspace_id"

@@ -1,10 +1,11 @@
-"""TokenIssuer under clock jumps, key rotation and a full cache."""
+"""TokenIssuer under clock jumps, key rotation, a full cache and async callbacks."""
 
 from __future__ import annotations
 
 import jwt
+import pytest
 
-from tinybird_asgi import PipeRead, TokenIssuer
+from tinybird_asgi import AsyncCallbackError, PipeRead, PolicyError, TokenIssuer
 
 from .conftest import SIGNING_KEY, WORKSPACE_ID, FakeClock
 
@@ -80,3 +81,35 @@ def test_full_cache_evicts_and_remints(clock: FakeClock) -> None:
     assert issuer.mint_count == 5
     claims = jwt.decode(token.value, SIGNING_KEY, algorithms=["HS256"])
     assert claims["scopes"][0]["fixed_params"] == {"user": "a"}
+
+
+async def _async_scopes(user: str) -> list[PipeRead]:
+    return [PipeRead("events", fixed_params={"user": user})]
+
+
+async def _async_name(user: str) -> str:
+    return f"name-{user}"
+
+
+def test_async_callbacks_lists_async_options(clock: FakeClock) -> None:
+    issuer = _issuer(clock, name=_async_name)
+    plain = _issuer(clock)
+
+    assert issuer.async_callbacks == ("name",)
+    assert plain.async_callbacks == ()
+
+
+def test_token_for_async_policy_raises_typed(clock: FakeClock) -> None:
+    issuer = TokenIssuer(
+        signing_key=SIGNING_KEY,
+        workspace_id=WORKSPACE_ID,
+        scopes=_async_scopes,
+        clock=clock,
+    )
+
+    with pytest.raises(AsyncCallbackError) as caught:
+        issuer.token_for("alice")
+
+    assert isinstance(caught.value, PolicyError)
+    assert "atoken_for" in str(caught.value)
+    assert issuer.mint_count == 0

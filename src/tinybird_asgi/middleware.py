@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Protocol, TypeAlias, Unpack
 
 from ._asgi_headers import (
+    RawHeader,
     current_values,
     edited_headers,
     encode_headers,
@@ -23,6 +24,9 @@ from ._asgi_headers import (
 )
 from ._asgi_types import ASGIApp, ASGIScope, Message, Receive, Send
 from ._delivery import (
+    CACHE_CONTROL,
+    EXPOSE_HEADERS,
+    VARY,
     DeliveryConfig,
     DeliveryOptions,
     ResponseEdit,
@@ -45,6 +49,15 @@ SCOPE_KEY = "tinybird_asgi.middleware"
 # Set on the scope once a request's issuing failure is logged, so get_token()
 # and the response start, which both issue, log it once between them.
 FAILURE_LOGGED_KEY = "tinybird_asgi.failure_logged"
+
+# The response headers whose values a token's edit depends on, and their
+# places in the watched values.
+_WATCHED_NAMES = (CACHE_CONTROL, VARY, EXPOSE_HEADERS)
+_WATCHED_SLOTS = {name.encode(): slot for slot, name in enumerate(_WATCHED_NAMES)}
+_WatchedValues: TypeAlias = tuple[tuple[bytes, ...], ...]
+_NO_VALUES: _WatchedValues = ((), (), ())
+# Distinct edits kept; the store is emptied when it is full.
+_MAX_CACHED_EDITS = 512
 
 _OPTION_NAMES = DeliveryOptions.__required_keys__ | DeliveryOptions.__optional_keys__
 
@@ -127,6 +140,11 @@ class TinybirdMiddleware:
         self._principal = principal
         self._state_attribute = state_attribute
         self._skip_if = skip_if
+        # Header edits that do not depend on the time, keyed by their inputs.
+        self._edits: dict[
+            tuple[str, int, str | None, _WatchedValues],
+            tuple[frozenset[bytes], list[RawHeader]],
+        ] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(issuer={self.issuer!r}, config={self.config!r})"
@@ -206,12 +224,16 @@ class TinybirdMiddleware:
             message = {**message, "headers": headers}
 
         try:
-            token = await self._current_token(scope)
-            watched = current_values(headers, self.config.watched_headers)
-            edit = self._edit(scope, token, watched)
-            if edit is None:
+            if self._principal is None:
+                principal = self._default_principal(scope)
+            else:
+                principal = await self._resolve_principal(scope)
+            token = None
+            if not is_anonymous(principal):
+                token = await self.issuer.atoken_for(principal)
+            new_headers = self._edited(scope, token, headers)
+            if new_headers is None:
                 return message
-            new_headers = edited_headers(headers, edit)
         except Exception as exc:
             self._log_failure(scope, exc)
             return message
@@ -219,6 +241,66 @@ class TinybirdMiddleware:
         # A copy, so a message or header list that the app reuses for later
         # responses never keeps this user's token; every other key is kept.
         return {**message, "headers": new_headers}
+
+    def _edited(
+        self,
+        scope: ASGIScope,
+        token: TinybirdToken | None,
+        headers: list[RawHeader] | tuple[RawHeader, ...],
+    ) -> list[RawHeader] | None:
+        # Return a new header list carrying ``token``, or None for no change.
+        config = self.config
+        request_cookie = None
+        if config.uses_cookie:
+            request_cookie = read_cookie(
+                request_header(scope, b"cookie"), config.cookie_name
+            )
+        if token is None:
+            edit = config.edit_for_anonymous(request_cookie=request_cookie)
+            return None if edit is None else edited_headers(headers, edit)
+
+        # The watched response values, as byte strings in _WATCHED_NAMES order.
+        watched: list[list[bytes]] | None = None
+        for key, value in headers:
+            slot = _WATCHED_SLOTS.get(key.lower())
+            if slot is not None:
+                if watched is None:
+                    watched = [[], [], []]
+                watched[slot].append(value)
+        found = _NO_VALUES if watched is None else tuple(map(tuple, watched))
+
+        # Without a new cookie line the edit does not depend on the time, so
+        # it is kept, keyed by everything it is built from: the token's own
+        # value and expiry, the request's cookie and the watched values.
+        timeless = request_cookie == token.value or not config.uses_cookie
+        cache_key = (token.value, token.expires_at, request_cookie, found)
+        if timeless:
+            cached = self._edits.get(cache_key)
+            if cached is not None:
+                removed, additions = cached
+                kept = [line for line in headers if line[0].lower() not in removed]
+                kept.extend(additions)
+                return kept
+
+        current = {
+            name: [value.decode("latin-1") for value in values]
+            for name, values in zip(_WATCHED_NAMES, found, strict=True)
+            if values
+        }
+        edit = config.edit_for_token(
+            token,
+            now=self.issuer.clock(),
+            request_cookie=request_cookie,
+            current=current,
+        )
+        if timeless and edit.drop_cookie is None:
+            if len(self._edits) >= _MAX_CACHED_EDITS:
+                self._edits.clear()
+            removed = frozenset(
+                name.encode("latin-1") for name in (*edit.replace, *edit.drop)
+            )
+            self._edits[cache_key] = (removed, encode_headers(edit.additions()))
+        return edited_headers(headers, edit)
 
     async def _serve_token_endpoint(self, scope: ASGIScope, send: Send) -> None:
         method = scope["method"]
@@ -256,12 +338,14 @@ class TinybirdMiddleware:
         return await self.issuer.atoken_for(principal)
 
     async def _resolve_principal(self, scope: ASGIScope) -> Any:
-        if self._principal is not None:
-            principal = self._principal(scope)
-            if inspect.isawaitable(principal):
-                principal = await principal
-            return principal
+        if self._principal is None:
+            return self._default_principal(scope)
+        principal = self._principal(scope)
+        if inspect.isawaitable(principal):
+            principal = await principal
+        return principal
 
+    def _default_principal(self, scope: ASGIScope) -> Any:
         user = scope.get("user")
         if not is_anonymous(user):
             return user

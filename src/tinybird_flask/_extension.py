@@ -5,12 +5,13 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 from flask import (
     Blueprint,
     Flask,
+    Request,
     Response,
     current_app,
     g,
@@ -69,6 +70,14 @@ ScopesPolicy = Callable[[Any], Iterable[Scope]]
 IdentityFunc = Callable[[Any], str]
 PrincipalLoader = Callable[[], Any]
 _Outcome = tuple[Any, TinybirdToken | None, Exception | None]
+_EditKey = tuple[str, int, str | None, tuple[tuple[str, ...], ...]]
+_CachedEdit = tuple[frozenset[str], list[tuple[str, str]]]
+# The response headers whose values a token's edit depends on, in the order
+# of the edit keys.
+_WATCHED_ORDER = ("cache-control", "vary", "access-control-expose-headers")
+_WATCHED = frozenset(_WATCHED_ORDER)
+# Distinct edits kept per app; the store is emptied when it is full.
+_MAX_CACHED_EDITS = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +85,8 @@ class _AppState:
     extension: TinybirdJWT
     issuer: TokenIssuer
     delivery: DeliveryConfig
+    # Header edits that do not depend on the time, keyed by their inputs.
+    edits: dict[_EditKey, _CachedEdit] = field(default_factory=dict)
 
 
 class TinybirdJWT:
@@ -271,8 +282,9 @@ class TinybirdJWT:
             raise KeyError(f"app {target.name!r} is set up with another TinybirdJWT")
         return state.issuer
 
-    def _state(self) -> _AppState:
-        state: _AppState = current_app.extensions[EXTENSION_NAME]
+    def _state(self, app: Flask | None = None) -> _AppState:
+        target = current_app if app is None else app
+        state: _AppState = target.extensions[EXTENSION_NAME]
         if state.extension is not self:
             raise RuntimeError(  # pragma: no cover - init_app rejects a second one
                 "The current app is set up with another TinybirdJWT instance."
@@ -289,8 +301,11 @@ class TinybirdJWT:
             raise AsyncCallbackError("principal_loader returned an awaitable.")
         return principal
 
-    def _token_for(self, principal: Any) -> TinybirdToken | None:
-        cached: _Outcome | None = g.get(_G_CACHE)
+    def _token_for(
+        self, principal: Any, state: _AppState | None = None
+    ) -> TinybirdToken | None:
+        ctx_g = g._get_current_object()
+        cached: _Outcome | None = ctx_g.get(_G_CACHE)
         if cached is not None and cached[0] is principal:
             if cached[2] is not None:
                 raise cached[2]
@@ -308,13 +323,15 @@ class TinybirdJWT:
             if is_anonymous(principal):
                 token = None
             else:
-                token = self._state().issuer.token_for(principal)
+                if state is None:
+                    state = self._state()
+                token = state.issuer.token_for(principal)
         except AnonymousPrincipalError:
             token = None
         except Exception as exc:
-            setattr(g, _G_CACHE, (principal, None, exc))
+            setattr(ctx_g, _G_CACHE, (principal, None, exc))
             raise
-        setattr(g, _G_CACHE, (principal, token, None))
+        setattr(ctx_g, _G_CACHE, (principal, token, None))
         return token
 
     # Callbacks handed to issuers built from app.config
@@ -364,61 +381,105 @@ class TinybirdJWT:
         # Flask skips the remaining after_request hooks when one raises, so
         # this one never does: the response then goes out without a token.
         try:
-            if not self._skips(self._state().delivery):
-                self._apply_delivery(response, self._token_for(self._principal()))
+            # The proxies are resolved once; each read through them costs a
+            # context lookup.
+            req: Request = request._get_current_object()  # type: ignore[attr-defined]
+            app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+            state = self._state(app)
+            if not self._skips(req, app, state.delivery):
+                token = self._token_for(self._principal(), state)
+                self._apply_delivery(response, token, req, state)
         except Exception as exc:
             _log_failure(exc)
         return response
 
-    def _apply_delivery(self, response: Response, token: TinybirdToken | None) -> None:
+    def _apply_delivery(
+        self,
+        response: Response,
+        token: TinybirdToken | None,
+        req: Request | None = None,
+        state: _AppState | None = None,
+    ) -> None:
         # Put ``token`` on the response, or delete a stale cookie when None.
-        state = self._state()
+        if req is None:
+            req = request._get_current_object()  # type: ignore[attr-defined]
+        if state is None:
+            state = self._state()
         delivery = state.delivery
         request_cookie = None
         if delivery.uses_cookie:
             request_cookie = read_cookie(
-                request.headers.get("Cookie"), delivery.cookie_name
+                req.headers.get("Cookie"), delivery.cookie_name
             )
+        headers = response.headers
         if token is None:
             edit = delivery.edit_for_anonymous(request_cookie=request_cookie)
-        else:
-            current = {
-                name: response.headers.getlist(name)
-                for name in delivery.watched_headers
-            }
+            if edit is not None:
+                # Build the new headers completely before swapping them in,
+                # so a failure leaves the response as the view made it.
+                response.headers = Headers(edit.apply(headers.items()))
+            return
+
+        watched: dict[str, list[str]] = {}
+        for name, value in headers.items():
+            lower = name.lower()
+            if lower in _WATCHED:
+                watched.setdefault(lower, []).append(value)
+        found = tuple(tuple(watched.get(name, ())) for name in _WATCHED_ORDER)
+        # Without a new cookie line the edit does not depend on the time, so
+        # it is kept, keyed by everything it is built from: the token's own
+        # value and expiry, the request's cookie and the watched values.
+        timeless = request_cookie == token.value or not delivery.uses_cookie
+        cache_key = (token.value, token.expires_at, request_cookie, found)
+        cached = state.edits.get(cache_key) if timeless else None
+        if cached is None:
             edit = delivery.edit_for_token(
                 token,
                 now=state.issuer.clock(),
                 request_cookie=request_cookie,
-                current=current,
+                current=watched,
             )
-        if edit is not None:
-            # Build the new headers completely before swapping them in, so a
-            # failure leaves the response as the view made it.
-            response.headers = Headers(edit.apply(response.headers.items()))
+            if not timeless or edit.drop_cookie is not None:
+                response.headers = Headers(edit.apply(headers.items()))
+                return
+            cached = (frozenset((*edit.replace, *edit.drop)), edit.additions())
+            if len(state.edits) >= _MAX_CACHED_EDITS:
+                state.edits.clear()
+            state.edits[cache_key] = cached
+        removed, additions = cached
+        lines = [line for line in headers.items() if line[0].lower() not in removed]
+        lines.extend(additions)
+        # A new Headers object, filled in one step once every line is built:
+        # a failure leaves the response as the view made it, and a Headers
+        # object the view shares with other responses is never changed.
+        new_headers = Headers()
+        new_headers[:] = lines
+        response.headers = new_headers
 
-    def _skips(self, delivery: DeliveryConfig) -> bool:
-        if request.endpoint == ENDPOINT_NAME:
+    def _skips(self, req: Request, app: Flask, delivery: DeliveryConfig) -> bool:
+        if req.endpoint == ENDPOINT_NAME:
             return True
-        if _is_preflight():
+        if req.method == "OPTIONS" and _is_preflight(req):
             return True
-        if delivery.is_excluded(request.path):
+        if delivery.exclude_paths and delivery.is_excluded(req.path):
             return True
-        return self._is_exempt_blueprint() or self._is_exempt_view()
+        if self._exempt_blueprints and self._is_exempt_blueprint(req, app):
+            return True
+        return bool(self._exempt_views) and self._is_exempt_view(req, app)
 
-    def _is_exempt_blueprint(self) -> bool:
+    def _is_exempt_blueprint(self, req: Request, app: Flask) -> bool:
         # request.blueprints lists the registered names, dotted for nested
         # ones ("parent.child"), from the request's blueprint up to the
         # outermost; app.blueprints maps each name to its Blueprint.
-        blueprints = current_app.blueprints
-        for name in request.blueprints:
+        blueprints = app.blueprints
+        for name in req.blueprints:
             blueprint = blueprints.get(name)
             if blueprint is not None and id(blueprint) in self._exempt_blueprints:
                 return True
         return False
 
-    def _is_exempt_view(self) -> bool:
-        view: object = current_app.view_functions.get(request.endpoint or "")
+    def _is_exempt_view(self, req: Request, app: Flask) -> bool:
+        view: object = app.view_functions.get(req.endpoint or "")
         seen: set[int] = set()
         # Walk the __wrapped__ chain that functools.wraps leaves, so that an
         # exempted view still matches under later decorators.
@@ -433,10 +494,10 @@ class TinybirdJWT:
         return False
 
 
-def _is_preflight() -> bool:
-    return is_preflight(
-        request.method, "Access-Control-Request-Method" in request.headers
-    )
+def _is_preflight(req: Request | None = None) -> bool:
+    if req is None:
+        req = request._get_current_object()  # type: ignore[attr-defined]
+    return is_preflight(req.method, "Access-Control-Request-Method" in req.headers)
 
 
 def _check_issuer(issuer: object) -> None:

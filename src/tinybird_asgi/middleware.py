@@ -140,6 +140,7 @@ class TinybirdMiddleware:
         self._principal = principal
         self._state_attribute = state_attribute
         self._skip_if = skip_if
+        self._uses_cookie = self.config.uses_cookie
         # Header edits that do not depend on the time, keyed by their inputs.
         self._edits: dict[
             tuple[str, int, str | None, _WatchedValues],
@@ -164,7 +165,8 @@ class TinybirdMiddleware:
         scope.setdefault("state", {})
         scope[SCOPE_KEY] = self
 
-        if self.config.is_token_path(route_path(scope)):
+        config = self.config
+        if config.token_path is not None and config.is_token_path(route_path(scope)):
             await self._serve_token_endpoint(scope, send)
             return
 
@@ -179,12 +181,12 @@ class TinybirdMiddleware:
         # Whether this HTTP request may get a token at all. Only an OPTIONS
         # request can be a preflight, so other methods skip the header scan.
         method = scope["method"]
-        has_request_method = method == "OPTIONS" and (
-            request_header(scope, b"access-control-request-method") is not None
-        )
-        if is_preflight(method, has_request_method):
+        if method == "OPTIONS" and is_preflight(
+            method, request_header(scope, b"access-control-request-method") is not None
+        ):
             return False
-        if self.config.is_excluded(route_path(scope)):
+        config = self.config
+        if config.exclude_paths and config.is_excluded(route_path(scope)):
             return False
         if self._skip_if is None:
             return True
@@ -250,8 +252,9 @@ class TinybirdMiddleware:
     ) -> list[RawHeader] | None:
         # Return a new header list carrying ``token``, or None for no change.
         config = self.config
+        uses_cookie = self._uses_cookie
         request_cookie = None
-        if config.uses_cookie:
+        if uses_cookie:
             request_cookie = read_cookie(
                 request_header(scope, b"cookie"), config.cookie_name
             )
@@ -272,7 +275,7 @@ class TinybirdMiddleware:
         # Without a new cookie line the edit does not depend on the time, so
         # it is kept, keyed by everything it is built from: the token's own
         # value and expiry, the request's cookie and the watched values.
-        timeless = request_cookie == token.value or not config.uses_cookie
+        timeless = not uses_cookie or request_cookie == token.value
         cache_key = (token.value, token.expires_at, request_cookie, found)
         if timeless:
             cached = self._edits.get(cache_key)

@@ -267,6 +267,43 @@ def test_check_rejects_non_scalar_fixed_param(clock: FakeClock, value: Any) -> N
     assert _rejection(_forged(clock, scopes=[scope]), clock).status == 403
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (float("nan"), "finite number"),
+        (float("inf"), "finite number"),
+        ("", "empty string"),
+    ],
+)
+def test_check_rejects_meaningless_fixed_param(
+    clock: FakeClock, value: Any, message: str
+) -> None:
+    scope = {
+        "type": "PIPES:READ",
+        "resource": "org_events",
+        "fixed_params": {"org_id": value},
+    }
+
+    error = _rejection(_forged(clock, scopes=[scope]), clock)
+
+    assert error.status == 403
+    assert "fixed_params['org_id']" in str(error)
+    assert message in str(error)
+
+
+def test_check_rejects_exp_in_milliseconds(clock: FakeClock) -> None:
+    error = _rejection(_forged(clock, exp=int(clock() * 1000)), clock)
+
+    assert error.status == 403
+    assert "milliseconds" in str(error)
+
+
+def test_check_accepts_exp_within_a_year(clock: FakeClock) -> None:
+    token = _forged(clock, exp=int(clock()) + 364 * 24 * 3600)
+
+    assert _check(token, clock) == {}
+
+
 @pytest.mark.parametrize("limits", [[5], {"rps": "5"}, {"rps": True}])
 def test_check_rejects_invalid_limits(clock: FakeClock, limits: Any) -> None:
     assert _rejection(_forged(clock, limits=limits), clock).status == 403

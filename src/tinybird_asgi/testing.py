@@ -17,6 +17,11 @@ and checks every request the way Tinybird documents for JWTs:
 Any other failure is a 403 with a JSON ``{"error": ...}`` body. The error
 texts are this module's own, not Tinybird's.
 
+The checks are deliberately stricter than Tinybird where its documentation is
+silent and a token is certainly a bug: an ``exp`` more than a year ahead
+(usually milliseconds), and ``fixed_params`` values that are null, lists,
+objects, NaN or infinite numbers, or empty strings, are all rejected with 403.
+
 :func:`check_pipe_request` applies the same checks without a server, so a test
 can assert what a token lets a browser read::
 
@@ -85,6 +90,8 @@ Send: TypeAlias = Callable[[Message], Awaitable[None]]
 _PIPE_PATH = re.compile(r"/v0/pipes/([A-Za-z_][A-Za-z0-9_]*)\.json")
 _PIPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RESERVED_PARAMS = frozenset({"token"})
+_MAX_LIFETIME = 365 * 24 * 3600
+"""Seconds ahead of now past which ``exp`` is rejected as a likely mistake."""
 
 _CORS_HEADERS = [
     ("Access-Control-Allow-Origin", "*"),
@@ -175,6 +182,14 @@ def authorize_pipe_request(
         )
     if exp <= current:
         raise PipeRequestError("The token has expired.", status=403)
+    # Stricter than Tinybird, which documents no upper bound: a lifetime over
+    # a year is almost always an exp written in milliseconds.
+    if exp > current + _MAX_LIFETIME:
+        raise PipeRequestError(
+            f"The token's exp is more than a year ahead ({exp}); exp must be "
+            "Unix seconds, not milliseconds.",
+            status=403,
+        )
 
     if claims.get("workspace_id") != workspace:
         raise PipeRequestError(
@@ -294,6 +309,20 @@ def _fixed_params(scope: Mapping[str, Any], pipe: str) -> dict[str, ParamValue]:
             raise PipeRequestError(
                 f"fixed_params[{key!r}] of the scope for pipe {pipe!r} must be a "
                 "string, number or boolean.",
+                status=403,
+            )
+        # Stricter than Tinybird: NaN, an infinity or an empty string is never
+        # a real filter value, and a pipe may read "" as "no filter".
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PipeRequestError(
+                f"fixed_params[{key!r}] of the scope for pipe {pipe!r} is "
+                f"{value!r}; it must be a finite number.",
+                status=403,
+            )
+        if value == "":
+            raise PipeRequestError(
+                f"fixed_params[{key!r}] of the scope for pipe {pipe!r} is an "
+                "empty string; give the value the pipe filters on.",
                 status=403,
             )
     return dict(fixed)

@@ -30,19 +30,30 @@
  *   browser clock that is off and a signing key rotated on the server.
  * - startAutoRefresh() refreshes refreshMargin seconds before expiry, so a
  *   page that sits open keeps a valid token.
+ * - clear() aborts every token request and query in flight: a query started
+ *   before clear() rejects and sends no request with the old token.
  *
  * Options (all optional): tokenUrl ("/tinybird/token"), apiUrl (default:
  * the api_url of the token endpoint), refreshMargin (60 s), headerName and
- * expiresHeaderName (the backend's header names), minRefreshInterval (5 s:
- * a token younger than this is used even if the local clock says it is
- * about to expire, so a skewed clock cannot loop on the token endpoint),
- * fetch (default: globalThis.fetch), now (Unix seconds, default Date.now),
- * onToken(token) and onRetry(error) callbacks.
+ * expiresHeaderName (the backend's header names), minRefreshInterval (5 s),
+ * maxRefreshInterval (300 s), fetch (default: globalThis.fetch), now (Unix
+ * seconds, default Date.now), onToken(token) and onRetry(error) callbacks.
  *
- * Errors: query() and refresh() reject with a TinybirdRequestError whose
+ * Clock skew: a token younger than the current refresh interval is used even
+ * if the local clock says it is about to expire. That interval starts at
+ * minRefreshInterval and doubles, up to maxRefreshInterval, each time the
+ * token endpoint returns a token that is already expiring by the local clock
+ * (a clock running ahead), and goes back to minRefreshInterval once a token
+ * is not. A clock far ahead therefore costs one token request per
+ * maxRefreshInterval, not one per minRefreshInterval.
+ *
+ * Errors: query() and refresh() reject with a TinybirdRequestError. Its
  * status is the HTTP status (401 when signed out, 403 when Tinybird still
- * rejects a fresh token, 429 over the rate limit) and whose message is
- * the server's error text; retryAfter is set for 429.
+ * rejects a fresh token, 429 over the rate limit, or the status of a reply
+ * whose body is not the expected JSON), or 0 for a network failure, an
+ * unknown apiUrl or a request cancelled by clear() or by the caller's signal
+ * (then cancelled is true). Its message is the server's error text or says
+ * what was wrong; retryAfter is set for 429.
  *
  * React: create one client per signed-in session (useMemo or a module
  * singleton), call clear() on sign-out, and run query() in an effect.
@@ -53,20 +64,24 @@ const DEFAULTS = {
   apiUrl: null,
   refreshMargin: 60,
   minRefreshInterval: 5,
+  maxRefreshInterval: 300,
   headerName: "X-Tinybird-Token",
   expiresHeaderName: "X-Tinybird-Token-Expires",
 };
 
 // setTimeout takes at most 2^31 - 1 ms (about 24.8 days).
 const MAX_TIMER_MS = 2 ** 31 - 1;
+// 3000-01-01T00:00:00Z in Unix seconds: a larger expiry is in milliseconds.
+const MAX_EXPIRES_AT = 32503680000;
 
 export class TinybirdRequestError extends Error {
-  constructor(message, { status, url, retryAfter = null }) {
+  constructor(message, { status, url, retryAfter = null, cancelled = false }) {
     super(message);
     this.name = "TinybirdRequestError";
     this.status = status;
     this.url = url;
     this.retryAfter = retryAfter;
+    this.cancelled = cancelled;
   }
 }
 
@@ -83,6 +98,8 @@ export class TinybirdClient {
     this._timer = null;
     this._autoRefresh = false;
     this._generation = 0;
+    this._controller = new AbortController();
+    this._interval = this.options.minRefreshInterval;
     this.stats = { queries: 0, refreshes: 0, retries: 0 };
   }
 
@@ -103,8 +120,8 @@ export class TinybirdClient {
 
   /** Store a token received some other way (a template, a cookie). */
   setToken(token, expiresAt, apiUrl = null) {
-    const expires = Number(expiresAt);
-    if (!token || !Number.isFinite(expires)) {
+    const expires = parseExpiry(expiresAt);
+    if (typeof token !== "string" || !token || expires === null) {
       throw new TypeError("setToken needs a token and its expiry in Unix seconds");
     }
     this._token = token;
@@ -117,19 +134,25 @@ export class TinybirdClient {
 
   /**
    * Store the token carried by an app response's headers.
-   * Returns whether the response had one.
+   * Returns whether the response had one with a valid expiry.
    */
   adoptResponse(response) {
     const token = response.headers.get(this.options.headerName);
     const expires = response.headers.get(this.options.expiresHeaderName);
-    if (!token || !expires) return false;
+    if (!token || parseExpiry(expires) === null) return false;
     this.setToken(token, expires);
     return true;
   }
 
-  /** Forget the token and stop refreshing (call on sign-out). */
+  /**
+   * Forget the token, stop refreshing and abort every token request and query
+   * in flight (call on sign-out).
+   */
   clear() {
     this._generation += 1;
+    this._controller.abort();
+    this._controller = new AbortController();
+    this._interval = this.options.minRefreshInterval;
     this._token = null;
     this._expiresAt = 0;
     this._receivedAt = 0;
@@ -160,8 +183,9 @@ export class TinybirdClient {
    */
   async query(pipe, params = {}, { signal } = {}) {
     this.stats.queries += 1;
+    const generation = this._generation;
     const token = await this.getToken();
-    const first = await this._get(pipe, params, token, signal);
+    const first = await this._get(pipe, params, token, signal, generation);
     if (first.status !== 403) return this._read(first);
 
     // A 403 usually means the token expired early by the browser's clock or
@@ -170,7 +194,7 @@ export class TinybirdClient {
     this.stats.retries += 1;
     this.options.onRetry?.(error);
     const fresh = await this.refresh();
-    return this._read(await this._get(pipe, params, fresh, signal));
+    return this._read(await this._get(pipe, params, fresh, signal, generation));
   }
 
   /**
@@ -190,18 +214,18 @@ export class TinybirdClient {
 
   _expiring() {
     const now = this._now();
-    if (now - this._receivedAt < this.options.minRefreshInterval) return false;
+    if (now - this._receivedAt < this._interval) return false;
     return this._expiresAt - now <= this.options.refreshMargin;
   }
 
   _schedule() {
     if (this._timer !== null) clearTimeout(this._timer);
     const due = this._expiresAt - this.options.refreshMargin - this._now();
-    const delay = Math.max(this.options.minRefreshInterval, due) * 1000;
+    const delay = Math.max(this._interval, due) * 1000;
     this._timer = setTimeout(() => {
       this._timer = null;
-      // A failed refresh is retried after minRefreshInterval; query() reports
-      // errors to the page.
+      // A failed refresh is retried after the current refresh interval;
+      // query() reports errors to the page.
       this.refresh()
         .catch(() => {})
         .finally(() => {
@@ -212,11 +236,11 @@ export class TinybirdClient {
 
   async _fetchToken(generation) {
     const url = this.options.tokenUrl;
-    const response = await this._fetch(url, {
+    const response = await this._send(url, {
       credentials: "same-origin",
       cache: "no-store",
       headers: { Accept: "application/json" },
-    });
+    }, null, generation);
     if (!response.ok) {
       if (response.status === 401 && generation === this._generation) {
         this._token = null;
@@ -225,31 +249,92 @@ export class TinybirdClient {
       }
       throw await this._error(response);
     }
-    const body = await response.json();
-    this.stats.refreshes += 1;
-    if (generation === this._generation) {
-      this.setToken(body.token, body.expires_at, body.api_url);
+    const body = await this._json(response, "token endpoint");
+    this._checkGeneration(generation, url);
+    const expires = parseExpiry(body?.expires_at);
+    if (typeof body?.token !== "string" || !body.token || expires === null) {
+      throw new TinybirdRequestError(
+        "The token endpoint's reply is missing token, or its expires_at is not Unix seconds.",
+        { status: response.status, url },
+      );
     }
+    this.stats.refreshes += 1;
+    this._adjustInterval(expires);
+    this.setToken(body.token, expires, body.api_url);
     return body.token;
   }
 
-  _get(pipe, params, token, signal) {
+  // Doubles the refresh interval while the endpoint keeps returning tokens
+  // that are already expiring by the local clock (a clock running ahead),
+  // and resets it once a token is not.
+  _adjustInterval(expires) {
+    const { minRefreshInterval, maxRefreshInterval, refreshMargin } = this.options;
+    const expiring = expires - this._now() <= refreshMargin;
+    this._interval = expiring
+      ? Math.min(maxRefreshInterval, Math.max(minRefreshInterval, this._interval * 2))
+      : minRefreshInterval;
+  }
+
+  _get(pipe, params, token, signal, generation) {
     if (!this._apiUrl) {
-      throw new TypeError("apiUrl is unknown: pass it or refresh() first");
+      throw new TinybirdRequestError(
+        "apiUrl is unknown: pass it or refresh() first", { status: 0, url: null },
+      );
     }
     const search = new URLSearchParams(params).toString();
     const url = `${this._apiUrl}/v0/pipes/${encodeURIComponent(pipe)}.json` +
       (search ? `?${search}` : "");
-    return this._fetch(url, {
+    return this._send(url, {
       headers: { Authorization: `Bearer ${token}` },
       cache: "no-store",
-      signal,
-    });
+    }, signal, generation);
+  }
+
+  // Calls fetch with a signal that clear() and the caller's signal both abort,
+  // and turns network failures and aborts into TinybirdRequestError.
+  async _send(url, init, signal, generation) {
+    const bare = url.split("?")[0];
+    this._checkGeneration(generation, bare);
+    const signals = [this._controller.signal, ...(signal ? [signal] : [])];
+    try {
+      return await this._fetch(url, { ...init, signal: anySignal(signals) });
+    } catch (error) {
+      this._checkGeneration(generation, bare);
+      const cancelled = error?.name === "AbortError";
+      const reason = cancelled ? "cancelled" : `failed: ${error?.message ?? error}`;
+      throw new TinybirdRequestError(`Request to ${bare} ${reason}`, {
+        status: 0,
+        url: bare,
+        cancelled,
+      });
+    }
+  }
+
+  _checkGeneration(generation, url) {
+    if (generation !== this._generation) {
+      throw new TinybirdRequestError("Request cancelled by clear()", {
+        status: 0,
+        url,
+        cancelled: true,
+      });
+    }
+  }
+
+  async _json(response, source) {
+    try {
+      return await response.json();
+    } catch {
+      const type = response.headers.get("Content-Type") || "no Content-Type";
+      throw new TinybirdRequestError(
+        `The ${source} returned ${response.status} with a body that is not JSON (${type}).`,
+        { status: response.status, url: response.url.split("?")[0] },
+      );
+    }
   }
 
   async _read(response) {
     if (!response.ok) throw await this._error(response);
-    return response.json();
+    return this._json(response, "pipe endpoint");
   }
 
   async _error(response) {
@@ -267,6 +352,30 @@ export class TinybirdClient {
       retryAfter: retry === null ? null : Number(retry),
     });
   }
+}
+
+// Returns the expiry as a number of Unix seconds, or null when it is not one
+// (missing, not a number, not positive, or beyond year 3000: milliseconds).
+function parseExpiry(value) {
+  if (value === null || value === undefined || value === "") return null;
+  const expires = Number(value);
+  if (!Number.isFinite(expires) || expires <= 0 || expires > MAX_EXPIRES_AT) {
+    return null;
+  }
+  return expires;
+}
+
+function anySignal(signals) {
+  if (signals.length === 1) return signals[0];
+  if (typeof AbortSignal.any === "function") return AbortSignal.any(signals);
+  const controller = new AbortController();
+  for (const signal of signals) {
+    if (signal.aborted) controller.abort(signal.reason);
+    signal.addEventListener("abort", () => controller.abort(signal.reason), {
+      once: true,
+    });
+  }
+  return controller.signal;
 }
 
 function trimSlash(url) {

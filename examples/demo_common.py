@@ -37,6 +37,7 @@ __all__ = [
     "authenticate",
     "build_issuer",
     "build_local_tinybird",
+    "form_post_rejection",
     "load_settings",
     "log_start",
     "page_config",
@@ -107,6 +108,24 @@ def authenticate(email: object, password: object) -> DemoUser | None:
     if user is None or not hmac.compare_digest(password.encode(), PASSWORD.encode()):
         return None
     return user
+
+
+def form_post_rejection(
+    content_type: str | None, origin: str | None, own_origin: str
+) -> tuple[int, str] | None:
+    """Return the status and error for a sign-in or sign-out POST to reject.
+
+    Only ``application/json`` bodies are accepted (415 otherwise), because a
+    cross-site HTML form can send ``text/plain`` that still parses as JSON but
+    cannot send ``application/json`` without a CORS preflight. An ``Origin``
+    header, when present, must be ``own_origin`` (403 otherwise).
+    """
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        return 415, "Send the body as Content-Type: application/json."
+    if origin is not None and origin.rstrip("/") != own_origin.rstrip("/"):
+        return 403, "Cross-origin request rejected."
+    return None
 
 
 def sample_rows() -> list[dict[str, Any]]:

@@ -33,6 +33,7 @@ from demo_common import (
     authenticate,
     build_issuer,
     build_local_tinybird,
+    form_post_rejection,
     load_settings,
     log_start,
     page_config,
@@ -94,6 +95,20 @@ def create_app(
         if not current_user.is_authenticated:
             return jsonify(error="Not signed in."), 401
         return jsonify(me_payload(current_user))
+
+    @app.before_request
+    def reject_cross_site_posts() -> tuple[Response, int] | None:
+        if request.method != "POST" or request.path not in ("/login", "/logout"):
+            return None
+        found = form_post_rejection(
+            request.headers.get("Content-Type"),
+            request.headers.get("Origin"),
+            request.host_url,
+        )
+        if found is None:
+            return None
+        status, message = found
+        return jsonify(error=message), status
 
     @app.post("/login")
     def login() -> tuple[Response, int] | Response:

@@ -46,6 +46,7 @@ from demo_common import (
     authenticate,
     build_issuer,
     build_local_tinybird,
+    form_post_rejection,
     load_settings,
     log_start,
     page_config,
@@ -121,7 +122,22 @@ def create_app(
             return JSONResponse({"error": "Not signed in."}, status_code=401)
         return JSONResponse(me_payload(request.user.user))
 
+    def rejection(request: Request) -> Response | None:
+        own_origin = f"{request.url.scheme}://{request.url.netloc}"
+        found = form_post_rejection(
+            request.headers.get("content-type"),
+            request.headers.get("origin"),
+            own_origin,
+        )
+        if found is None:
+            return None
+        status, message = found
+        return JSONResponse({"error": message}, status_code=status)
+
     async def login(request: Request) -> Response:
+        rejected = rejection(request)
+        if rejected is not None:
+            return rejected
         try:
             body = await request.json()
         except ValueError:
@@ -139,6 +155,9 @@ def create_app(
         return JSONResponse(me_payload(user))
 
     async def logout(request: Request) -> Response:
+        rejected = rejection(request)
+        if rejected is not None:
+            return rejected
         request.session.clear()
         # Without this the middleware would still see the user of this request
         # and deliver a fresh token on the logout response.

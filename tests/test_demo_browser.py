@@ -10,8 +10,10 @@ another build; Playwright never downloads one. Screenshots go to
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
+import itertools
 import os
 import sys
 import time
@@ -23,9 +25,11 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import jwt
 import pytest
 from playwright.sync_api import BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
 from tinybird_asgi import TokenIssuer
 from tinybird_asgi.testing import LocalTinybird, ServedRequest
@@ -378,3 +382,391 @@ def test_client_shares_concurrent_refreshes(page: Page, demo: Demo) -> None:
     assert len(set(tokens)) == 1
     assert token_requests == [f"{demo.url}/tinybird/token"]
     assert _claims(tokens[0])["scopes"][0]["fixed_params"] == {"org_id": "globex"}
+
+
+def _until(page: Page, ready: Callable[[], bool], what: str) -> None:
+    # Playwright delivers route and request events only while the test thread
+    # is inside a Playwright call, so this polls through short page waits.
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while not ready():
+        if time.monotonic() > deadline:
+            pytest.fail(f"Timed out waiting for {what}")
+        page.wait_for_timeout(20)
+
+
+def _bearer_name(request: Any) -> str | None:
+    header = request.headers.get("authorization", "")
+    if not header.startswith("Bearer "):
+        return None
+    name: str = _claims(header.removeprefix("Bearer "))["name"]
+    return name
+
+
+def test_previous_user_rows_never_shown(page: Page, demo: Demo) -> None:
+    held: list[Any] = []
+
+    def hold_alice(route: Any) -> None:
+        if _bearer_name(route.request) == "alice@acme":
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route(f"{demo.tinybird_url}/v0/pipes/**", hold_alice)
+    page.goto(demo.url)
+    page.wait_for_selector("#login:not([hidden])", timeout=WAIT_MS)
+    page.fill("#email", "alice@acme")
+    page.click("#login-button")
+    _until(page, lambda: len(held) == 1, "alice's pipe request")
+
+    page.click("#logout-button")
+    page.wait_for_selector("#login:not([hidden])", timeout=WAIT_MS)
+    page.fill("#email", "bob@globex")
+    page.click("#login-button")
+    _wait(page, "window.demo.loads >= 1")
+    assert _row_orgs(page) == ["globex"] * 12
+
+    # Alice's response arrives only now, after bob's rows are on the page.
+    with contextlib.suppress(PlaywrightError):
+        held[0].continue_()
+    _wait(page, "window.demo.dropped >= 1")
+    page.click("#query-button")
+    _wait(page, "window.demo.loads >= 2")
+
+    assert _row_orgs(page) == ["globex"] * 12
+    assert page.text_content("#user-org") == "globex"
+    assert page.text_content("#user-email") == "bob@globex"
+    assert _page_errors(page) == []
+
+
+def test_ended_session_returns_to_sign_in(
+    page: Page, context: BrowserContext, demo: Demo
+) -> None:
+    _sign_in(page, demo, "alice@acme")
+    assert _row_orgs(page) == ["acme"] * 12
+
+    # The session ends on the server's side: without its session cookie the
+    # token endpoint returns 401, and the expired token gets a 403 from the
+    # pipe, so the page's retry asks the token endpoint.
+    context.clear_cookies()
+    demo.clock.advance(TTL + 1)
+    page.click("#query-button")
+    page.wait_for_selector("#login:not([hidden])", timeout=WAIT_MS)
+
+    assert page.is_hidden("#dashboard")
+    assert page.locator("#rows tbody tr").count() == 0
+    assert "session has ended" in (page.text_content("#login-error") or "")
+    assert _page_token(page) is None
+    assert _page_errors(page) == []
+
+
+CROSS_SITE_LOGIN = """<form id=f method=POST action="{url}/login" enctype="text/plain">
+<input name='{{"email":"bob@globex","password":"demo","x":"' value='"}}'></form>
+<script>f.submit()</script>"""
+
+
+def test_cross_site_form_cannot_sign_in(page: Page, demo: Demo) -> None:
+    page.route(
+        "http://attacker.test/**",
+        lambda route: route.fulfill(
+            status=200,
+            content_type="text/html",
+            body=CROSS_SITE_LOGIN.format(url=demo.url),
+        ),
+    )
+    with page.expect_response(f"{demo.url}/login") as info:
+        page.goto("http://attacker.test/")
+    assert info.value.status == 415
+
+    page.goto(demo.url)
+    _wait(page, "window.demo.ready")
+    assert page.is_visible("#login")
+    assert page.is_hidden("#dashboard")
+
+
+@pytest.mark.parametrize("path", ["/login", "/logout"])
+def test_state_changing_posts_need_json_same_origin(demo: Demo, path: str) -> None:
+    body = '{"email": "bob@globex", "password": "demo"}'
+    with httpx.Client(base_url=demo.url) as http:
+        plain = http.post(path, content=body, headers={"Content-Type": "text/plain"})
+        cross = http.post(
+            path,
+            content=body,
+            headers={
+                "Content-Type": "application/json",
+                "Origin": "http://attacker.test",
+            },
+        )
+        same = http.post(
+            path,
+            content=body,
+            headers={"Content-Type": "application/json", "Origin": demo.url},
+        )
+
+    assert plain.status_code == 415
+    assert "demo_session" not in plain.cookies
+    assert cross.status_code == 403
+    assert "demo_session" not in cross.cookies
+    assert same.status_code == 200
+
+
+def test_page_has_inline_favicon(page: Page, demo: Demo) -> None:
+    favicons: list[str] = []
+    page.on(
+        "request",
+        lambda request: (
+            favicons.append(request.url)
+            if request.url.endswith("/favicon.ico")
+            else None
+        ),
+    )
+    _sign_in(page, demo, "alice@acme")
+
+    href = page.get_attribute("link[rel=icon]", "href")
+    assert href is not None
+    assert href.startswith("data:image/svg+xml,")
+    assert favicons == []
+
+
+# tinybird-client.js on its own: the module is loaded into a page and driven
+# with a fake fetch, so each case controls every response the client sees.
+
+CLIENT_ORIGIN = "http://client.test"
+CLIENT_HARNESS = """
+window.harness = async () => {
+  const module = await import("/tinybird-client.js");
+  const json = (body, status = 200) => new Response(JSON.stringify(body), {
+    status, headers: { "Content-Type": "application/json" },
+  });
+  const html = (status = 200) => new Response("<!doctype html><p>Sign in", {
+    status, headers: { "Content-Type": "text/html" },
+  });
+  return { ...module, json, html };
+};
+"""
+
+
+@pytest.fixture
+def client_page(page: Page) -> Page:
+    source = (EXAMPLES / "tinybird-client.js").read_text()
+    page_html = f"<!doctype html><script>{CLIENT_HARNESS}</script>"
+
+    def serve(route: Any) -> None:
+        if route.request.url.endswith("/tinybird-client.js"):
+            route.fulfill(body=source, content_type="text/javascript")
+        else:
+            route.fulfill(body=page_html, content_type="text/html")
+
+    page.route(f"{CLIENT_ORIGIN}/**", serve)
+    page.goto(f"{CLIENT_ORIGIN}/")
+    return page
+
+
+def test_client_clear_cancels_query_awaiting_token(client_page: Page) -> None:
+    result = client_page.evaluate(
+        """async () => {
+          const { TinybirdClient, json } = await window.harness();
+          const calls = [];
+          let release;
+          const gate = new Promise((resolve) => { release = resolve; });
+          const fetch = async (url, init) => {
+            calls.push([url, init.headers?.Authorization ?? null]);
+            if (url === "/tinybird/token") {
+              await gate;
+              return json({ token: "OLD-USER", expires_at: Date.now() / 1000 + 600,
+                            api_url: "http://tb.test" });
+            }
+            return json({ data: [], rows: 0 });
+          };
+          const client = new TinybirdClient({ fetch });
+          const query = client.query("org_events");
+          await new Promise((resolve) => setTimeout(resolve, 0));
+          client.clear();
+          release();
+          const outcome = await query.then(
+            () => "resolved",
+            (error) => [error.name, error.status, error.cancelled],
+          );
+          return { outcome, calls, token: client.token };
+        }"""
+    )
+
+    assert result["outcome"] == ["TinybirdRequestError", 0, True]
+    assert result["calls"] == [["/tinybird/token", None]]
+    assert result["token"] is None
+
+
+def test_client_clear_aborts_query_in_flight(client_page: Page) -> None:
+    result = client_page.evaluate(
+        """async () => {
+          const { TinybirdClient } = await window.harness();
+          let aborted = false;
+          const fetch = (url, init) => new Promise((resolve, reject) => {
+            init.signal.addEventListener("abort", () => {
+              aborted = true;
+              reject(new DOMException("The operation was aborted.", "AbortError"));
+            });
+          });
+          const client = new TinybirdClient({ fetch, apiUrl: "http://tb.test" });
+          client.setToken("OLD-USER", Date.now() / 1000 + 600);
+          const query = client.query("org_events");
+          await new Promise((resolve) => setTimeout(resolve, 0));
+          client.clear();
+          const outcome = await query.then(
+            () => "resolved",
+            (error) => [error.name, error.status, error.cancelled],
+          );
+          return { outcome, aborted };
+        }"""
+    )
+
+    assert result["outcome"] == ["TinybirdRequestError", 0, True]
+    assert result["aborted"] is True
+
+
+def test_client_backs_off_with_clock_ahead(client_page: Page) -> None:
+    # The page's clock runs 1200 s ahead of the server, whose tokens live
+    # 600 s, so every token looks expired on arrival. One simulated hour of
+    # getToken() calls, one a second.
+    result = client_page.evaluate(
+        """async () => {
+          const { TinybirdClient, json } = await window.harness();
+          let now = 1_800_000_000;
+          const fetched = [];
+          const fetch = async () => {
+            fetched.push(now);
+            const serverNow = now - 1200;
+            return json({ token: `T${Math.floor(serverNow / 300)}`,
+                          expires_at: serverNow + 600, api_url: "http://tb.test" });
+          };
+          const client = new TinybirdClient({ fetch, now: () => now });
+          for (let second = 0; second < 3600; second += 1) {
+            await client.getToken();
+            now += 1;
+          }
+          return { fetched, refreshes: client.stats.refreshes };
+        }"""
+    )
+
+    fetched: list[int] = result["fetched"]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(fetched)]
+    assert len(fetched) <= 20
+    assert result["refreshes"] == len(fetched)
+    assert gaps == sorted(gaps)
+    assert gaps[0] >= 5
+    assert max(gaps) == 300
+
+
+def test_client_interval_resets_with_good_token(client_page: Page) -> None:
+    result = client_page.evaluate(
+        """async () => {
+          const { TinybirdClient, json } = await window.harness();
+          let now = 1_800_000_000;
+          let skew = 1200;
+          const fetched = [];
+          const fetch = async () => {
+            fetched.push(now);
+            return json({ token: `T${now}`, expires_at: now - skew + 600,
+                          api_url: "http://tb.test" });
+          };
+          const client = new TinybirdClient({ fetch, now: () => now });
+          for (let second = 0; second < 600; second += 1) {
+            await client.getToken();
+            now += 1;
+          }
+          const skewed = fetched.length;
+          skew = 0;
+          now += 300;
+          await client.refresh();
+          // A good token is kept until refreshMargin before its expiry.
+          for (let second = 0; second < 480; second += 1) {
+            await client.getToken();
+            now += 1;
+          }
+          return { skewed, total: fetched.length };
+        }"""
+    )
+
+    assert result["skewed"] >= 5
+    assert result["total"] == result["skewed"] + 1
+
+
+def test_client_failures_are_request_errors(client_page: Page) -> None:
+    outcomes = client_page.evaluate(
+        """async () => {
+          const { TinybirdClient, json, html } = await window.harness();
+          const later = Date.now() / 1000 + 600;
+          const cases = {
+            htmlToken: () => html(),
+            noToken: () => json({ expires_at: later, api_url: "http://tb.test" }),
+            millisecondExpiry: () => json({ token: "T", expires_at: later * 1000,
+                                            api_url: "http://tb.test" }),
+            textExpiry: () => json({ token: "T", expires_at: "soon",
+                                     api_url: "http://tb.test" }),
+            networkDown: () => { throw new TypeError("Failed to fetch"); },
+          };
+          const outcomes = {};
+          for (const [name, reply] of Object.entries(cases)) {
+            const client = new TinybirdClient({ fetch: async () => reply() });
+            outcomes[name] = await client.query("org_events").then(
+              () => "resolved",
+              (error) => [error.name, error.status, error.message,
+                          client.stats.refreshes, client.token],
+            );
+          }
+          const pipeHtml = new TinybirdClient({
+            fetch: async () => html(), apiUrl: "http://tb.test",
+          });
+          pipeHtml.setToken("T", later);
+          outcomes.htmlPipe = await pipeHtml.query("org_events").then(
+            () => "resolved",
+            (error) => [error.name, error.status, error.message, 0, "T"],
+          );
+          return outcomes;
+        }"""
+    )
+
+    messages = {
+        "htmlToken": "not JSON (text/html)",
+        "noToken": "missing token",
+        "millisecondExpiry": "Unix seconds",
+        "textExpiry": "Unix seconds",
+        "networkDown": "failed: Failed to fetch",
+        "htmlPipe": "not JSON (text/html)",
+    }
+    for name, message in messages.items():
+        error_name, status, text, refreshes, token = outcomes[name]
+        assert error_name == "TinybirdRequestError", name
+        assert status == (0 if name == "networkDown" else 200), name
+        assert message in text, name
+        assert refreshes == 0, name
+        assert token in (None, "T"), name
+
+
+def test_client_adopts_only_valid_expiry(client_page: Page) -> None:
+    adopted = client_page.evaluate(
+        """async () => {
+          const { TinybirdClient } = await window.harness();
+          const later = Math.floor(Date.now() / 1000) + 600;
+          const outcomes = {};
+          for (const expires of ["soon", String(later * 1000), "", String(later)]) {
+            const client = new TinybirdClient({ fetch: async () => null });
+            const response = new Response("{}", { headers: {
+              "X-Tinybird-Token": "T", "X-Tinybird-Token-Expires": expires,
+            } });
+            let result;
+            try {
+              result = client.adoptResponse(response);
+            } catch (error) {
+              result = error.name;
+            }
+            outcomes[expires || "empty"] = [result, client.token];
+          }
+          return [outcomes, later];
+        }"""
+    )
+
+    outcomes, later = adopted
+    assert outcomes["soon"] == [False, None]
+    assert outcomes[str(later * 1000)] == [False, None]
+    assert outcomes["empty"] == [False, None]
+    assert outcomes[str(later)] == [True, "T"]

@@ -4,13 +4,18 @@ import { TinybirdClient } from "/static/tinybird-client.js";
 
 const $ = (id) => document.getElementById(id);
 // Polled by the browser tests; nothing here is needed by the page itself.
-const demo = { client: null, errors: [], ready: false, loads: 0 };
+// dropped counts query results discarded because their session had ended.
+const demo = { client: null, errors: [], ready: false, loads: 0, dropped: 0 };
 window.demo = demo;
 
 let config = null;
 let refreshesSeen = 0;
 let ticker = null;
 let reloader = null;
+// Each sign-in gets a new session number and AbortController, so a query
+// started by an earlier session is aborted and never rendered.
+let session = 0;
+let sessionAbort = null;
 
 async function post(path, body) {
   return fetch(path, {
@@ -75,23 +80,41 @@ function renderRows(rows) {
 }
 
 async function loadRows() {
+  const client = demo.client;
+  if (!client) return;
+  const mine = session;
   const override = $("org-override").value.trim();
   const params = override ? { org_id: override } : {};
+  let result = null;
+  let failure = null;
   try {
-    const result = await demo.client.query(config.pipe, params);
+    result = await client.query(config.pipe, params, { signal: sessionAbort.signal });
+  } catch (error) {
+    failure = error;
+  }
+  if (mine !== session) {
+    demo.dropped += 1;
+    return;
+  }
+  if (failure === null) {
     renderRows(result.data);
     const asked = override ? `; asked for org_id=${override}` : "";
     setStatus(`${result.rows} rows at ${new Date().toLocaleTimeString()}${asked}`);
-  } catch (error) {
-    demo.errors.push({ status: error.status ?? null, message: String(error.message) });
-    setStatus(`Query failed (${error.status ?? "network"}): ${error.message}`, true);
-  } finally {
-    demo.loads += 1;
-    renderToken();
+  } else if (failure.status === 401) {
+    // The token endpoint no longer knows this session (signed out elsewhere,
+    // or the session cookie expired): back to the sign-in form.
+    endSession("Your session has ended; sign in again.");
+  } else {
+    demo.errors.push({ status: failure.status ?? null, message: String(failure.message) });
+    setStatus(`Query failed (${failure.status || "network"}): ${failure.message}`, true);
   }
+  demo.loads += 1;
+  renderToken();
 }
 
 function startSession(me, response) {
+  session += 1;
+  sessionAbort = new AbortController();
   config = me.tinybird;
   refreshesSeen = 0;
   const client = new TinybirdClient({
@@ -114,15 +137,20 @@ function startSession(me, response) {
   return loadRows();
 }
 
-function endSession() {
+function endSession(message = "") {
+  session += 1;
+  sessionAbort?.abort();
+  sessionAbort = null;
   clearInterval(ticker);
   clearInterval(reloader);
   demo.client?.clear();
   demo.client = null;
   config = null;
   $("rows").tBodies[0].replaceChildren();
+  $("row-count").textContent = "0";
   $("org-override").value = "";
   setStatus("");
+  $("login-error").textContent = message;
   show("login");
 }
 
@@ -146,16 +174,23 @@ $("query-form").addEventListener("submit", (event) => {
 });
 
 $("refresh-button").addEventListener("click", async () => {
+  const mine = session;
   try {
     await demo.client.refresh();
   } catch (error) {
-    setStatus(`Token refresh failed (${error.status}): ${error.message}`, true);
+    if (mine !== session) return;
+    if (error.status === 401) {
+      endSession("Your session has ended; sign in again.");
+    } else {
+      setStatus(`Token refresh failed (${error.status || "network"}): ${error.message}`, true);
+    }
   }
 });
 
 $("logout-button").addEventListener("click", async () => {
-  await post("/logout", {});
+  // End the page's session first, so nothing renders while /logout runs.
   endSession();
+  await post("/logout", {});
 });
 
 async function boot() {

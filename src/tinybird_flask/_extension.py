@@ -442,18 +442,23 @@ class TinybirdJWT:
             if not timeless or edit.drop_cookie is not None:
                 response.headers = Headers(edit.apply(headers.items()))
                 return
-            cached = (frozenset((*edit.replace, *edit.drop)), edit.additions())
+            # Werkzeug checks each value once here, as Headers.add() does.
+            additions = Headers(edit.additions()).to_wsgi_list()
+            cached = (frozenset((*edit.replace, *edit.drop)), additions)
             if len(state.edits) >= _MAX_CACHED_EDITS:
                 state.edits.clear()
             state.edits[cache_key] = cached
         removed, additions = cached
         lines = [line for line in headers.items() if line[0].lower() not in removed]
         lines.extend(additions)
-        # A new Headers object, filled in one step once every line is built:
-        # a failure leaves the response as the view made it, and a Headers
-        # object the view shares with other responses is never changed.
+        # A new Headers object, swapped in once every line is built: a failure
+        # leaves the response as the view made it, and a Headers object the
+        # view shares with other responses is never changed. Every line was
+        # already checked by Werkzeug (the view's when they were added, the
+        # edit's when it was cached), so the list is handed over as it is
+        # instead of checking each value again through the public API.
         new_headers = Headers()
-        new_headers[:] = lines
+        new_headers._list = lines
         response.headers = new_headers
 
     def _skips(self, req: Request, app: Flask, delivery: DeliveryConfig) -> bool:

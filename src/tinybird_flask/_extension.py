@@ -457,9 +457,7 @@ class TinybirdJWT:
         # already checked by Werkzeug (the view's when they were added, the
         # edit's when it was cached), so the list is handed over as it is
         # instead of checking each value again through the public API.
-        new_headers = Headers()
-        new_headers._list = lines
-        response.headers = new_headers
+        response.headers = _headers_from_checked(lines)
 
     def _skips(self, req: Request, app: Flask, delivery: DeliveryConfig) -> bool:
         if req.endpoint == ENDPOINT_NAME:
@@ -578,3 +576,27 @@ def _log_failure(exc: Exception) -> None:
         reason,
         exc_info=exc,
     )
+
+
+def _probe_headers_list() -> bool:
+    # Whether this Werkzeug stores a Headers object's lines in ``_list`` (true
+    # of Werkzeug 2.x and 3.x); a private attribute, so it is checked once.
+    probe = Headers()
+    try:
+        probe._list = [("X-Probe", "1")]
+    except AttributeError:  # pragma: no cover - a Werkzeug without _list
+        return False
+    return probe.get("X-Probe") == "1" and len(probe) == 1
+
+
+_HEADERS_LIST_WORKS = _probe_headers_list()
+
+
+def _headers_from_checked(lines: list[tuple[str, str]]) -> Headers:
+    # Build a Headers object from lines Werkzeug has already validated,
+    # skipping its per-value check where the private list is known to work.
+    if not _HEADERS_LIST_WORKS:  # pragma: no cover - other Werkzeug versions
+        return Headers(lines)
+    headers = Headers()
+    headers._list = lines
+    return headers

@@ -158,3 +158,10 @@ def test_exclude_paths_unmatchable_rejected(path: str) -> None:
 )
 def test_token_path_plain_accepted(path: str) -> None:
     assert DeliveryConfig(token_path=path).is_token_path(path)
+
+
+@pytest.mark.parametrize("spelling", ["Lax", "LAX", "lax"])
+def test_samesite_any_case_accepted(spelling: str) -> None:
+    config = DeliveryConfig(cookie_samesite=spelling)  # type: ignore[arg-type]
+
+    assert config.cookie_samesite == "lax"

@@ -530,3 +530,15 @@ def test_token_never_logged(clock: FakeClock, caplog: pytest.LogCaptureFixture) 
     assert ours
     assert not any(token in message for message in ours)
     assert not any(SIGNING_KEY in message for message in ours)
+
+
+def test_clock_error_names_argument() -> None:
+    app = flask.Flask(__name__)
+    app.config.update(base_config())
+    tinybird = TinybirdJWT(scopes_policy=org_scopes, clock=lambda: 12.0)
+
+    with pytest.raises(ConfigurationError) as caught:
+        tinybird.init_app(app)
+
+    assert caught.value.option == "clock"
+    assert "app.config" not in str(caught.value)

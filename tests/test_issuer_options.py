@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 from datetime import timedelta
 from typing import Any
@@ -554,3 +555,24 @@ def test_from_env_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TINYBIRD_API_URL", raising=False)
 
     assert TokenIssuer.from_env(scopes=SCOPES).workspace_id == WORKSPACE_ID
+
+
+def test_workspace_id_other_than_key_warned(caplog: pytest.LogCaptureFixture) -> None:
+    key = admin_token({"u": "0f0e0d0c-0b0a-4908-8706-050403020100"})
+
+    with caplog.at_level(logging.WARNING, logger="tinybird_asgi"):
+        issuer = build(signing_key=key, workspace_id=WORKSPACE_ID)
+
+    assert issuer.workspace_id == WORKSPACE_ID
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "differs from the signing key" in warnings[0].getMessage()
+
+
+def test_workspace_id_same_as_key_not_warned(caplog: pytest.LogCaptureFixture) -> None:
+    key = admin_token({"u": WORKSPACE_ID})
+
+    with caplog.at_level(logging.WARNING, logger="tinybird_asgi"):
+        build(signing_key=key, workspace_id=WORKSPACE_ID)
+
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []

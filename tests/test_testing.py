@@ -612,3 +612,26 @@ def test_http_mounted_under_prefix(clock: FakeClock) -> None:
 
     assert response.status_code == 200
     assert response.json()["rows"] == 2
+
+
+def test_check_accepts_longest_issuer_lifetime() -> None:
+    clock = FakeClock()
+    issuer = TokenIssuer(
+        signing_key=SIGNING_KEY,
+        workspace_id=WORKSPACE_ID,
+        scopes=[PipeRead("org_events")],
+        ttl=366 * 86400,
+        allow_long_ttl=True,
+        clock=clock,
+    )
+    token = issuer.token_for("alice")
+
+    params = check_pipe_request(
+        token.value,
+        "org_events",
+        signing_key=SIGNING_KEY,
+        workspace_id=WORKSPACE_ID,
+        now=clock(),
+    )
+
+    assert params == {}

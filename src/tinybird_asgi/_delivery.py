@@ -227,6 +227,9 @@ class DeliveryConfig:
                 raise ConfigurationError(
                     f"{option} must be True or False.", option=option
                 )
+        if isinstance(self.cookie_samesite, str):
+            # Flask's SESSION_COOKIE_SAMESITE spells it "Lax"; accept any case.
+            object.__setattr__(self, "cookie_samesite", self.cookie_samesite.lower())
         if self.cookie_samesite not in get_args(SameSite):
             raise ConfigurationError(
                 "cookie_samesite must be 'lax', 'strict' or 'none', "

@@ -161,7 +161,8 @@ def default_identity(principal: object) -> str:
     raise IdentityError(
         f"Cannot derive an identity from a principal of type "
         f"{type(principal).__name__}: it has no identity, get_id(), username "
-        "or id; pass identity=<callable returning a str> to TokenIssuer."
+        "or id; pass identity=<callable returning a str> to TokenIssuer "
+        "(in Flask, decorate one with @tinybird.identity)."
     )
 
 
@@ -169,7 +170,8 @@ def _check_identity(value: object, source: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, uuid.UUID)):
         raise IdentityError(
             f"{source} has type {type(value).__name__}; an identity must be a str "
-            "or int, so pass identity=<callable returning a str> to TokenIssuer."
+            "int or UUID, so pass identity=<callable returning a str> to TokenIssuer "
+            "(in Flask, decorate one with @tinybird.identity)."
         )
     text = str(value)
     if not text:
@@ -219,7 +221,8 @@ def _check_signing_key(signing_key: object) -> str:
     if not key:
         raise ConfigurationError(
             "signing_key is empty; pass the workspace admin token "
-            "(set TINYBIRD_SIGNING_KEY when using TokenIssuer.from_env()).",
+            "(TokenIssuer.from_env() and the Flask extension read it from "
+            "TINYBIRD_SIGNING_KEY).",
             option="signing_key",
         )
     if len(key.encode()) < MIN_KEY_BYTES:
@@ -363,6 +366,18 @@ class TokenIssuer:
 
         if workspace_id is not None:
             self._workspace_id = _check_workspace_id(workspace_id, "workspace_id")
+            key_workspace = key_payload.get("u")
+            if key_workspace is not None and not _same_uuid(
+                key_workspace, self._workspace_id
+            ):
+                # The explicit setting wins, but Tinybird answers 403 to tokens
+                # whose workspace_id is not the signing key's workspace.
+                logger.warning(
+                    "workspace_id %s differs from the signing key's own workspace; "
+                    "Tinybird rejects such tokens unless the key belongs to %s.",
+                    self._workspace_id,
+                    self._workspace_id,
+                )
         elif "u" in key_payload:
             self._workspace_id = _check_workspace_id(
                 key_payload["u"], "workspace_id", "the signing key's workspace id"

@@ -1,7 +1,8 @@
 """``TinybirdMiddleware``: a pure ASGI middleware that delivers each signed-in
 user's Tinybird token on the responses of an ASGI app.
 
-It wraps ``send`` and changes only the ``http.response.start`` message. What
+It wraps ``send`` and changes only the ``http.response.start`` message; the
+one path it answers itself is the optional token endpoint. What
 goes on the response (header values, cookie attributes, ``Cache-Control``,
 ``Vary``, ``Access-Control-Expose-Headers``, the token endpoint's payload)
 comes from :class:`~tinybird_asgi.DeliveryConfig`, which the Flask extension

@@ -14,7 +14,8 @@ and checks every request the way Tinybird documents for JWTs:
 * ``limits.rps`` caps the requests per second of each token ``name``
   (answered with 429).
 
-Any other failure is a 403 with a JSON ``{"error": ...}`` body. The error
+A token that fails a check gets a 403 with a JSON ``{"error": ...}`` body;
+an unknown path or pipe gets 404 and a method other than GET 405. The error
 texts are this module's own, not Tinybird's.
 
 The checks are deliberately stricter than Tinybird where its documentation is
@@ -90,7 +91,9 @@ Send: TypeAlias = Callable[[Message], Awaitable[None]]
 _PIPE_PATH = re.compile(r"/v0/pipes/([A-Za-z_][A-Za-z0-9_]*)\.json")
 _PIPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RESERVED_PARAMS = frozenset({"token"})
-_MAX_LIFETIME = 365 * 24 * 3600
+# The same bound as TokenIssuer with allow_long_ttl, so every token the issuer
+# can sign passes.
+_MAX_LIFETIME = int(_issuer.HARD_MAX_TTL)
 """Seconds ahead of now past which ``exp`` is rejected as a likely mistake."""
 
 _CORS_HEADERS = [

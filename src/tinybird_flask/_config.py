@@ -82,7 +82,10 @@ CONFIG_DEFAULTS: Final[dict[str, Any]] = {
 
 
 def _rename(exc: ConfigurationError, keys: Mapping[str, str]) -> ConfigurationError:
-    key = keys.get(exc.option, exc.option)
+    if exc.option not in keys:
+        # An option with no config key, such as TinybirdJWT(clock=...).
+        return exc
+    key = keys[exc.option]
     return ConfigurationError(f"app.config[{key!r}] is invalid: {exc}", option=key)
 
 

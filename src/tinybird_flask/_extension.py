@@ -160,7 +160,6 @@ class TinybirdJWT:
             )
 
         delivery = build_delivery(app.config)
-        # TokenIssuer has __len__, so an issuer with an empty cache is falsy.
         issuer = self._issuer
         if issuer is None:
             issuer = build_issuer(

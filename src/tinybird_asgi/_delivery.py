@@ -15,7 +15,7 @@ import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias, TypedDict, get_args
+from typing import Generic, Literal, TypeAlias, TypedDict, TypeVar, get_args
 
 from ._errors import ConfigurationError
 from ._issuer import TinybirdToken
@@ -23,14 +23,17 @@ from ._issuer import TinybirdToken
 __all__ = [
     "CDN_CACHE_HEADERS",
     "MAX_COOKIE_BYTES",
+    "WATCHED_HEADERS",
     "DeliveryConfig",
     "DeliveryMode",
     "DeliveryOptions",
+    "EditCache",
     "EndpointResponse",
     "ResponseEdit",
     "SameSite",
     "is_preflight",
     "read_cookie",
+    "sets_cookie",
 ]
 
 logger = logging.getLogger("tinybird_asgi")
@@ -47,6 +50,10 @@ CACHE_CONTROL = "cache-control"
 VARY = "vary"
 EXPOSE_HEADERS = "access-control-expose-headers"
 SET_COOKIE = "set-cookie"
+# Lower-case names of the response headers whose values edit_for_token()
+# merges, in the order an EditCache key lists their values.
+WATCHED_HEADERS = (CACHE_CONTROL, VARY, EXPOSE_HEADERS)
+_WATCHED = frozenset(WATCHED_HEADERS)
 
 _TOKEN_CHARS = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _COOKIE_PATH = re.compile(r"/[\x21-\x3a\x3c-\x7e]*")
@@ -109,7 +116,7 @@ class ResponseEdit:
         return (
             self.drop_cookie is not None
             and lower_name == SET_COOKIE
-            and _set_cookie_name(value) == self.drop_cookie
+            and sets_cookie(value, self.drop_cookie)
         )
 
     def additions(self) -> list[tuple[str, str]]:
@@ -353,10 +360,11 @@ class DeliveryConfig:
 
         ``current`` maps the lower-case names in :attr:`watched_headers` to the
         values the response already has (absent or empty when it has none).
-        The token's own header lines replace any the app set. When the token
-        is too large for a cookie, a token cookie the request still carries is
-        deleted. With :attr:`protect_cache`, the CDN cache headers
-        (``CDN_CACHE_HEADERS``) are removed.
+        The token's own header lines replace any the app set, and with cookie
+        delivery any ``Set-Cookie`` line the app set for ``cookie_name`` is
+        removed. When the token is too large for a cookie, a token cookie the
+        request still carries is deleted. With :attr:`protect_cache`, the CDN
+        cache headers (``CDN_CACHE_HEADERS``) are removed.
         """
         replace: dict[str, str] = {}
         add: list[tuple[str, str]] = []
@@ -370,15 +378,19 @@ class DeliveryConfig:
                 (self.header_name, self.expires_header_name),
             )
 
-        if self.uses_cookie and request_cookie != token.value:
-            line = self.set_cookie_line(token, now)
-            if line is None and request_cookie is not None:
-                # The browser would keep sending the older token, which may
-                # carry another user's or organisation's scopes.
-                line = self._delete_cookie_line()
-            if line is not None:
-                drop_cookie = self.cookie_name
-                add.append(("Set-Cookie", line))
+        if self.uses_cookie:
+            # The token cookie belongs to this library: a line the app set for
+            # it goes, even when the browser already holds the current token
+            # and no new line is sent, so the app never overwrites that token.
+            drop_cookie = self.cookie_name
+            if request_cookie != token.value:
+                line = self.set_cookie_line(token, now)
+                if line is None and request_cookie is not None:
+                    # The browser would keep sending the older token, which may
+                    # carry another user's or organisation's scopes.
+                    line = self._delete_cookie_line()
+                if line is not None:
+                    add.append(("Set-Cookie", line))
 
         if self.protect_cache:
             replace[CACHE_CONTROL] = _cached_protect_cache_control(
@@ -467,7 +479,6 @@ class DeliveryConfig:
         return EndpointResponse(status, headers, b"" if method == "HEAD" else body)
 
 
-_WATCHED = frozenset({CACHE_CONTROL, VARY, EXPOSE_HEADERS})
 _RESERVED_HEADERS = frozenset(
     {
         "authorization",
@@ -573,5 +584,56 @@ _cached_protect_cache_control = functools.lru_cache(maxsize=256)(protect_cache_c
 _cached_merge_vary = functools.lru_cache(maxsize=256)(merge_vary)
 
 
-def _set_cookie_name(value: str) -> str:
-    return value.partition("=")[0].strip()
+def sets_cookie(set_cookie_value: str, name: str) -> bool:
+    """Return whether a ``Set-Cookie`` header value sets the cookie ``name``."""
+    return set_cookie_value.partition("=")[0].strip() == name
+
+
+EditKey: TypeAlias = tuple[str, int, str | None, tuple[tuple[object, ...], ...]]
+_Prepared = TypeVar("_Prepared")
+
+
+class EditCache(Generic[_Prepared]):
+    """Response edits that adapters reuse, each kept in the adapter's own form.
+
+    An edit that sends no new ``Set-Cookie`` line does not depend on the
+    time: it follows from the token, the token cookie the request carries and
+    the response's values of :data:`WATCHED_HEADERS`. Responses with the same
+    inputs can therefore share it, converted once to the adapter's header
+    types. At most ``max_size`` edits are kept; the store is emptied when it
+    is full. Reads and writes are single dict operations, so threads can share
+    one cache.
+    """
+
+    __slots__ = ("_edits", "_max_size", "_uses_cookie")
+
+    def __init__(self, config: DeliveryConfig, max_size: int = 512) -> None:
+        self._uses_cookie = config.uses_cookie
+        self._max_size = max_size
+        self._edits: dict[EditKey, _Prepared] = {}
+
+    def key(
+        self,
+        token: TinybirdToken,
+        request_cookie: str | None,
+        watched: tuple[tuple[object, ...], ...],
+    ) -> EditKey | None:
+        """Return the key of the edit for these inputs, or ``None`` when the
+        edit sends a new cookie line, whose ``Max-Age`` depends on the time.
+
+        ``watched`` holds the response's values of each of
+        :data:`WATCHED_HEADERS`, in that order, as ``str`` or ``bytes``.
+        """
+        if self._uses_cookie and request_cookie != token.value:
+            return None
+        return (token.value, token.expires_at, request_cookie, watched)
+
+    def get(self, key: EditKey) -> _Prepared | None:
+        """Return the edit stored under ``key``, or ``None``."""
+        return self._edits.get(key)
+
+    def put(self, key: EditKey, prepared: _Prepared) -> None:
+        """Store ``prepared`` under ``key``, emptying the store when it is full."""
+        if len(self._edits) >= self._max_size:
+            self._edits.clear()
+        self._edits[key] = prepared

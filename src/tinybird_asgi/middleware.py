@@ -25,14 +25,14 @@ from ._asgi_headers import (
 )
 from ._asgi_types import ASGIApp, ASGIScope, Message, Receive, Send
 from ._delivery import (
-    CACHE_CONTROL,
-    EXPOSE_HEADERS,
-    VARY,
+    WATCHED_HEADERS,
     DeliveryConfig,
     DeliveryOptions,
+    EditCache,
     ResponseEdit,
     is_preflight,
     read_cookie,
+    sets_cookie,
 )
 from ._errors import ConfigurationError, PolicyError
 from ._issuer import TinybirdToken, TokenIssuer, is_anonymous
@@ -51,14 +51,12 @@ SCOPE_KEY = "tinybird_asgi.middleware"
 # and the response start, which both issue, log it once between them.
 FAILURE_LOGGED_KEY = "tinybird_asgi.failure_logged"
 
-# The response headers whose values a token's edit depends on, and their
-# places in the watched values.
-_WATCHED_NAMES = (CACHE_CONTROL, VARY, EXPOSE_HEADERS)
-_WATCHED_SLOTS = {name.encode(): slot for slot, name in enumerate(_WATCHED_NAMES)}
-_WatchedValues: TypeAlias = tuple[tuple[bytes, ...], ...]
-_NO_VALUES: _WatchedValues = ((), (), ())
-# Distinct edits kept; the store is emptied when it is full.
-_MAX_CACHED_EDITS = 512
+# The place of each watched response header in an edit's key.
+_WATCHED_SLOTS = {name.encode(): slot for slot, name in enumerate(WATCHED_HEADERS)}
+_NO_VALUES: tuple[tuple[bytes, ...], ...] = tuple(() for _ in WATCHED_HEADERS)
+# A reusable edit: the lower-case names whose lines go, the cookie whose
+# Set-Cookie lines go (or None), and the lines appended.
+_PreparedEdit: TypeAlias = tuple[frozenset[bytes], str | None, list[RawHeader]]
 
 _OPTION_NAMES = DeliveryOptions.__required_keys__ | DeliveryOptions.__optional_keys__
 
@@ -142,11 +140,7 @@ class TinybirdMiddleware:
         self._state_attribute = state_attribute
         self._skip_if = skip_if
         self._uses_cookie = self.config.uses_cookie
-        # Header edits that do not depend on the time, keyed by their inputs.
-        self._edits: dict[
-            tuple[str, int, str | None, _WatchedValues],
-            tuple[frozenset[bytes], list[RawHeader]],
-        ] = {}
+        self._edits: EditCache[_PreparedEdit] = EditCache(self.config)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(issuer={self.issuer!r}, config={self.config!r})"
@@ -263,7 +257,7 @@ class TinybirdMiddleware:
             edit = config.edit_for_anonymous(request_cookie=request_cookie)
             return None if edit is None else edited_headers(headers, edit)
 
-        # The watched response values, as byte strings in _WATCHED_NAMES order.
+        # The watched response values, as byte strings in WATCHED_HEADERS order.
         watched: list[list[bytes]] | None = None
         for key, value in headers:
             slot = _WATCHED_SLOTS.get(key.lower())
@@ -273,22 +267,15 @@ class TinybirdMiddleware:
                 watched[slot].append(value)
         found = _NO_VALUES if watched is None else tuple(map(tuple, watched))
 
-        # Without a new cookie line the edit does not depend on the time, so
-        # it is kept, keyed by everything it is built from: the token's own
-        # value and expiry, the request's cookie and the watched values.
-        timeless = not uses_cookie or request_cookie == token.value
-        cache_key = (token.value, token.expires_at, request_cookie, found)
-        if timeless:
-            cached = self._edits.get(cache_key)
-            if cached is not None:
-                removed, additions = cached
-                kept = [line for line in headers if line[0].lower() not in removed]
-                kept.extend(additions)
-                return kept
+        cache_key = self._edits.key(token, request_cookie, found)
+        if cache_key is not None:
+            prepared = self._edits.get(cache_key)
+            if prepared is not None:
+                return _apply_prepared(headers, prepared)
 
         current = {
             name: [value.decode("latin-1") for value in values]
-            for name, values in zip(_WATCHED_NAMES, found, strict=True)
+            for name, values in zip(WATCHED_HEADERS, found, strict=True)
             if values
         }
         edit = config.edit_for_token(
@@ -297,14 +284,14 @@ class TinybirdMiddleware:
             request_cookie=request_cookie,
             current=current,
         )
-        if timeless and edit.drop_cookie is None:
-            if len(self._edits) >= _MAX_CACHED_EDITS:
-                self._edits.clear()
-            removed = frozenset(
-                name.encode("latin-1") for name in (*edit.replace, *edit.drop)
-            )
-            self._edits[cache_key] = (removed, encode_headers(edit.additions()))
-        return edited_headers(headers, edit)
+        if cache_key is None:
+            return edited_headers(headers, edit)
+        removed = frozenset(
+            name.encode("latin-1") for name in (*edit.replace, *edit.drop)
+        )
+        prepared = (removed, edit.drop_cookie, encode_headers(edit.additions()))
+        self._edits.put(cache_key, prepared)
+        return _apply_prepared(headers, prepared)
 
     async def _serve_token_endpoint(self, scope: ASGIScope, send: Send) -> None:
         method = scope["method"]
@@ -467,3 +454,24 @@ async def get_token(request_or_scope: HasScope | ASGIScope) -> TinybirdToken | N
         return None
     token: TinybirdToken | None = await middleware._token_for_scope(scope)
     return token
+
+
+def _apply_prepared(
+    headers: list[RawHeader] | tuple[RawHeader, ...], prepared: _PreparedEdit
+) -> list[RawHeader]:
+    # Return a new header list with a reusable edit applied.
+    removed, drop_cookie, additions = prepared
+    if drop_cookie is None:
+        kept = [line for line in headers if line[0].lower() not in removed]
+    else:
+        kept = [
+            line
+            for line in headers
+            if line[0].lower() not in removed
+            and not (
+                line[0].lower() == b"set-cookie"
+                and sets_cookie(line[1].decode("latin-1"), drop_cookie)
+            )
+        ]
+    kept.extend(additions)
+    return kept

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 from flask import (
@@ -36,6 +36,7 @@ from tinybird_asgi import (
     is_preflight,
     read_cookie,
 )
+from tinybird_asgi._delivery import WATCHED_HEADERS, EditCache, sets_cookie
 
 from ._config import (
     CONFIG_DEFAULTS,
@@ -70,14 +71,11 @@ ScopesPolicy = Callable[[Any], Iterable[Scope]]
 IdentityFunc = Callable[[Any], str]
 PrincipalLoader = Callable[[], Any]
 _Outcome = tuple[Any, TinybirdToken | None, Exception | None]
-_EditKey = tuple[str, int, str | None, tuple[tuple[str, ...], ...]]
-_CachedEdit = tuple[frozenset[str], list[tuple[str, str]]]
-# The response headers whose values a token's edit depends on, in the order
-# of the edit keys.
-_WATCHED_ORDER = ("cache-control", "vary", "access-control-expose-headers")
-_WATCHED = frozenset(_WATCHED_ORDER)
-# Distinct edits kept per app; the store is emptied when it is full.
-_MAX_CACHED_EDITS = 512
+# A reusable edit: the lower-case names whose lines go, the cookie whose
+# Set-Cookie lines go (or None), and the lines appended.
+_PreparedEdit = tuple[frozenset[str], str | None, list[tuple[str, str]]]
+_WATCHED = frozenset(WATCHED_HEADERS)
+SET_COOKIE = "set-cookie"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +83,7 @@ class _AppState:
     extension: TinybirdJWT
     issuer: TokenIssuer
     delivery: DeliveryConfig
-    # Header edits that do not depend on the time, keyed by their inputs.
-    edits: dict[_EditKey, _CachedEdit] = field(default_factory=dict)
+    edits: EditCache[_PreparedEdit]
 
 
 class TinybirdJWT:
@@ -168,7 +165,9 @@ class TinybirdJWT:
                 identity=self._identity_for,
                 clock=self._clock,
             )
-        app.extensions[EXTENSION_NAME] = _AppState(self, issuer, delivery)
+        app.extensions[EXTENSION_NAME] = _AppState(
+            self, issuer, delivery, EditCache(delivery)
+        )
 
         if delivery.token_path is not None:
             app.add_url_rule(
@@ -424,31 +423,38 @@ class TinybirdJWT:
             lower = name.lower()
             if lower in _WATCHED:
                 watched.setdefault(lower, []).append(value)
-        found = tuple(tuple(watched.get(name, ())) for name in _WATCHED_ORDER)
-        # Without a new cookie line the edit does not depend on the time, so
-        # it is kept, keyed by everything it is built from: the token's own
-        # value and expiry, the request's cookie and the watched values.
-        timeless = request_cookie == token.value or not delivery.uses_cookie
-        cache_key = (token.value, token.expires_at, request_cookie, found)
-        cached = state.edits.get(cache_key) if timeless else None
-        if cached is None:
+        found = tuple(tuple(watched.get(name, ())) for name in WATCHED_HEADERS)
+        cache_key = state.edits.key(token, request_cookie, found)
+        prepared = None if cache_key is None else state.edits.get(cache_key)
+        if prepared is None:
             edit = delivery.edit_for_token(
                 token,
                 now=state.issuer.clock(),
                 request_cookie=request_cookie,
                 current=watched,
             )
-            if not timeless or edit.drop_cookie is not None:
+            if cache_key is None:
                 response.headers = Headers(edit.apply(headers.items()))
                 return
             # Werkzeug checks each value once here, as Headers.add() does.
             additions = Headers(edit.additions()).to_wsgi_list()
-            cached = (frozenset((*edit.replace, *edit.drop)), additions)
-            if len(state.edits) >= _MAX_CACHED_EDITS:
-                state.edits.clear()
-            state.edits[cache_key] = cached
-        removed, additions = cached
-        lines = [line for line in headers.items() if line[0].lower() not in removed]
+            prepared = (
+                frozenset((*edit.replace, *edit.drop)),
+                edit.drop_cookie,
+                additions,
+            )
+            state.edits.put(cache_key, prepared)
+        removed, drop_cookie, additions = prepared
+        lines = [
+            line
+            for line in headers.items()
+            if line[0].lower() not in removed
+            and not (
+                drop_cookie is not None
+                and line[0].lower() == SET_COOKIE
+                and sets_cookie(line[1], drop_cookie)
+            )
+        ]
         lines.extend(additions)
         # A new Headers object, swapped in once every line is built: a failure
         # leaves the response as the view made it, and a Headers object the

@@ -254,6 +254,31 @@ def test_app_cookie_kept(serve: Serve) -> None:
     assert len(lines) == 2
 
 
+def test_app_token_cookie_replaced(serve: Serve) -> None:
+    site = serve(delivery="cookie")
+
+    response = site.get("/page", user=ALICE, params={"cookie": f"{COOKIE}=forged"})
+
+    assert decode(token_cookie(response)["value"])["name"] == "alice"
+
+
+@pytest.mark.parametrize("delivery", ["cookie", "both"])
+def test_app_token_cookie_dropped_when_current(serve: Serve, delivery: str) -> None:
+    site = serve(delivery=delivery)
+    token = token_cookie(site.get("/page", user=ALICE))["value"]
+
+    # The second response reuses the edit that the first one prepared.
+    for _ in range(2):
+        response = site.get(
+            "/page",
+            user=ALICE,
+            cookie=f"{COOKIE}={token}",
+            params={"cookie": f"{COOKIE}=forged; Path=/"},
+        )
+
+        assert set_cookies(response) == []
+
+
 def test_both_mode_sends_header_and_cookie(serve: Serve) -> None:
     response = serve(delivery="both").get("/page", user=ALICE)
 

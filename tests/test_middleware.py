@@ -88,8 +88,12 @@ def issuer(clock: FakeClock) -> TokenIssuer:
 
 
 def test_options_unknown_keyword_rejected(issuer: TokenIssuer) -> None:
-    with pytest.raises(TypeError, match="cookie_nam"):
+    with pytest.raises(TypeError, match="cookie_nam") as info:
         TinybirdMiddleware(App(), issuer=issuer, cookie_nam="x")  # type: ignore[call-arg]
+
+    message = str(info.value)
+    for option in ("principal", "state_attribute", "skip_if", "cookie_name"):
+        assert option in message
 
 
 def test_options_invalid_delivery_names_option(issuer: TokenIssuer) -> None:

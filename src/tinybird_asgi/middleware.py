@@ -102,7 +102,8 @@ class TinybirdMiddleware:
         if unknown:
             raise TypeError(
                 f"TinybirdMiddleware got unknown option(s) {', '.join(unknown)}; "
-                f"the delivery options are {', '.join(sorted(_OPTION_NAMES))}."
+                "its options are issuer, principal, state_attribute, skip_if "
+                f"and the delivery options {', '.join(sorted(_OPTION_NAMES))}."
             )
         if not isinstance(issuer, TokenIssuer):
             raise ConfigurationError(

@@ -20,6 +20,7 @@ from flask import (
 )
 from flask.views import View
 from werkzeug.datastructures import Headers
+from werkzeug.routing import Rule
 
 from tinybird_asgi import (
     AnonymousPrincipalError,
@@ -58,7 +59,6 @@ ENDPOINT_NAME = "tinybird.token"
 
 # Every method reaches the token view, so the core returns 405 for the
 # others exactly as in the ASGI middleware.
-_TOKEN_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _PREFLIGHT_ALLOW = "GET, HEAD, OPTIONS"
 # g attribute caching (principal, token, error) for one request, so the Jinja
 # global, current_token() and the after_request hook call the scopes policy
@@ -170,13 +170,12 @@ class TinybirdJWT:
         )
 
         if delivery.token_path is not None:
-            app.add_url_rule(
-                delivery.token_path,
-                endpoint=ENDPOINT_NAME,
-                view_func=self._token_view,
-                methods=_TOKEN_METHODS,
-                provide_automatic_options=False,
-            )
+            # A Werkzeug Rule without methods matches every method, so TRACE,
+            # PROPFIND and the rest reach the core's JSON 405 too, as they do
+            # under the ASGI middleware. add_url_rule() would limit the rule
+            # to a list of methods.
+            app.url_map.add(Rule(delivery.token_path, endpoint=ENDPOINT_NAME))
+            app.view_functions[ENDPOINT_NAME] = self._token_view
         app.after_request(self._after_request)
         app.add_template_global(self.current_token, "tinybird_token")
 
@@ -349,8 +348,8 @@ class TinybirdJWT:
     def _token_view(self) -> Response:
         # Like the ASGI middleware, a CORS preflight goes to the app (here
         # Flask's own OPTIONS reply, which CORS hooks then complete) and every
-        # other method to the core. Flask's reply lists every method of the
-        # rule, but only GET and HEAD get more than a 405.
+        # other method to the core, where only GET and HEAD get more than a
+        # 405.
         if _is_preflight():
             response = current_app.make_default_options_response()
             response.headers["Allow"] = _PREFLIGHT_ALLOW

@@ -419,10 +419,12 @@ def test_endpoint_anonymous_is_401(serve: Serve) -> None:
     assert "token" not in response.json()
 
 
-def test_endpoint_post_is_405(serve: Serve) -> None:
-    response = serve().request("POST", TOKEN_PATH, user=ALICE)
+@pytest.mark.parametrize("method", ["POST", "DELETE", "TRACE", "PROPFIND"])
+def test_endpoint_other_methods_405(serve: Serve, method: str) -> None:
+    response = serve().request(method, TOKEN_PATH, user=ALICE)
 
     assert response.status_code == 405
+    assert response.headers["content-type"] == "application/json"
     assert response.headers["allow"] == "GET, HEAD"
     assert "token" not in response.json()
 

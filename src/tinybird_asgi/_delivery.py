@@ -393,24 +393,47 @@ class DeliveryConfig:
                     add.append(("Set-Cookie", line))
 
         if self.protect_cache:
-            replace[CACHE_CONTROL] = _cached_protect_cache_control(
-                tuple(current.get(CACHE_CONTROL, ()))
-            )
-            vary = _cached_merge_vary(tuple(current.get(VARY, ())))
-            if vary is not None:
-                replace[VARY] = vary
+            replace.update(self._protected_headers(current))
         return ResponseEdit(replace, self._dropped_headers, drop_cookie, add)
 
-    def edit_for_anonymous(self, *, request_cookie: str | None) -> ResponseEdit | None:
+    def edit_for_anonymous(
+        self,
+        *,
+        request_cookie: str | None,
+        current: Mapping[str, Sequence[str]] | None = None,
+    ) -> ResponseEdit | None:
         """Return the edit for a response without a principal, if it needs one.
 
-        A request that still carries the token cookie gets it deleted (logout);
-        otherwise the response is left alone.
+        A request that still carries the token cookie gets it deleted (logout),
+        and with :attr:`protect_cache` that response is kept out of shared
+        caches as a token-carrying one is, because a cache that stored it would
+        replay the deletion to signed-in users. ``current`` is as for
+        :meth:`edit_for_token`. Otherwise the response is left alone.
         """
         if not self.uses_cookie or request_cookie is None:
             return None
-        delete = self._delete_cookie_line()
-        return ResponseEdit(drop_cookie=self.cookie_name, add=[("Set-Cookie", delete)])
+        add = [("Set-Cookie", self._delete_cookie_line())]
+        replace: dict[str, str] = {}
+        dropped: frozenset[str] = frozenset()
+        if self.protect_cache:
+            replace = self._protected_headers(current or {})
+            dropped = CDN_CACHE_HEADERS
+        return ResponseEdit(replace, dropped, self.cookie_name, add)
+
+    def _protected_headers(
+        self, current: Mapping[str, Sequence[str]]
+    ) -> dict[str, str]:
+        # The Cache-Control and Vary values that keep a response out of
+        # shared caches, merged with the response's own.
+        replace = {
+            CACHE_CONTROL: _cached_protect_cache_control(
+                tuple(current.get(CACHE_CONTROL, ()))
+            )
+        }
+        vary = _cached_merge_vary(tuple(current.get(VARY, ())))
+        if vary is not None:
+            replace[VARY] = vary
+        return replace
 
     def _delete_cookie_line(self) -> str:
         # A Set-Cookie value that deletes the token cookie, with its attributes.

@@ -255,7 +255,12 @@ class TinybirdMiddleware:
                 request_header(scope, b"cookie"), config.cookie_name
             )
         if token is None:
-            edit = config.edit_for_anonymous(request_cookie=request_cookie)
+            if request_cookie is None:
+                return None
+            edit = config.edit_for_anonymous(
+                request_cookie=request_cookie,
+                current=current_values(headers, config.watched_headers),
+            )
             return None if edit is None else edited_headers(headers, edit)
 
         # The watched response values, as byte strings in WATCHED_HEADERS order.
@@ -359,7 +364,9 @@ class TinybirdMiddleware:
                 request_header(scope, b"cookie"), config.cookie_name
             )
         if token is None:
-            return config.edit_for_anonymous(request_cookie=request_cookie)
+            return config.edit_for_anonymous(
+                request_cookie=request_cookie, current=current
+            )
         return config.edit_for_token(
             token,
             now=self.issuer.clock(),

@@ -409,12 +409,7 @@ class TinybirdJWT:
                 req.headers.get("Cookie"), delivery.cookie_name
             )
         headers = response.headers
-        if token is None:
-            edit = delivery.edit_for_anonymous(request_cookie=request_cookie)
-            if edit is not None:
-                # Build the new headers completely before swapping them in,
-                # so a failure leaves the response as the view made it.
-                response.headers = Headers(edit.apply(headers.items()))
+        if token is None and request_cookie is None:
             return
 
         watched: dict[str, list[str]] = {}
@@ -422,6 +417,16 @@ class TinybirdJWT:
             lower = name.lower()
             if lower in _WATCHED:
                 watched.setdefault(lower, []).append(value)
+        if token is None:
+            edit = delivery.edit_for_anonymous(
+                request_cookie=request_cookie, current=watched
+            )
+            if edit is not None:
+                # Build the new headers completely before swapping them in,
+                # so a failure leaves the response as the view made it.
+                response.headers = Headers(edit.apply(headers.items()))
+            return
+
         found = tuple(tuple(watched.get(name, ())) for name in WATCHED_HEADERS)
         cache_key = state.edits.key(token, request_cookie, found)
         prepared = None if cache_key is None else state.edits.get(cache_key)

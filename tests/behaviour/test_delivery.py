@@ -343,6 +343,33 @@ def test_cdn_cache_headers_kept_without_token(serve: Serve) -> None:
     assert response.headers["surrogate-control"] == "max-age=600"
 
 
+def test_cookie_deletion_not_cacheable(serve: Serve) -> None:
+    site = serve(delivery="cookie")
+
+    response = site.get(
+        "/page",
+        cookie=f"{COOKIE}=old-token",
+        params={"cache": "public, max-age=600", "vary": "Accept", "cdn": "max-age=600"},
+    )
+
+    assert token_cookie(response)["max-age"] == "0"
+    assert response.headers["cache-control"] == "private, max-age=600"
+    assert response.headers.get_list("vary") == ["Accept, Cookie"]
+    assert "cdn-cache-control" not in response.headers
+    assert "surrogate-control" not in response.headers
+
+
+def test_cookie_deletion_unprotected_when_disabled(serve: Serve) -> None:
+    site = serve(delivery="cookie", protect_cache=False)
+
+    response = site.get(
+        "/page", cookie=f"{COOKIE}=old-token", params={"cache": "public"}
+    )
+
+    assert token_cookie(response)["max-age"] == "0"
+    assert response.headers["cache-control"] == "public"
+
+
 def test_cdn_cache_headers_kept_without_protection(serve: Serve) -> None:
     site = serve(protect_cache=False)
 

@@ -225,6 +225,16 @@ def test_samesite_none_needs_secure(clock: FakeClock) -> None:
         )
 
     assert raised.value.option == "TINYBIRD_COOKIE_SAMESITE"
+    assert "TINYBIRD_COOKIE_SECURE = True" in str(raised.value)
+    assert "cookie_secure=" not in str(raised.value)
+
+
+def test_long_ttl_names_config_key(clock: FakeClock) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        make_app(policy_extension(clock), TINYBIRD_TTL=200_000)
+
+    assert "TINYBIRD_ALLOW_LONG_TTL = True" in str(raised.value)
+    assert "allow_long_ttl=" not in str(raised.value)
 
 
 def test_missing_signing_key_named(clock: FakeClock) -> None:
@@ -513,10 +523,14 @@ def test_missing_policy_logged(
 
     with caplog.at_level(logging.ERROR, logger="tinybird_flask"):
         response = fetch(app)
+        later = fetch(app)
 
     assert response.status_code == 200
     assert HEADER not in response.headers
-    assert "scopes_policy" in caplog.text
+    assert HEADER not in later.headers
+    assert len(caplog.records) == 1
+    assert "@tinybird.scopes_policy" in caplog.text
+    assert caplog.records[0].exc_info is None
 
 
 def test_token_never_logged(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:

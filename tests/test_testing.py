@@ -443,8 +443,10 @@ def test_read_without_limit_is_unlimited(clock: FakeClock) -> None:
     [["org_events"], {"bad-name": []}, {"org_events": "rows"}, {"org_events": 3}],
 )
 def test_local_rejects_invalid_pipes(pipes: Any) -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(ConfigurationError) as info:
         LocalTinybird(signing_key=SIGNING_KEY, workspace_id=WORKSPACE_ID, pipes=pipes)
+
+    assert info.value.option == "pipes"
 
 
 def test_local_rejects_short_key() -> None:

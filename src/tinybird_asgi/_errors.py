@@ -13,7 +13,14 @@ __all__ = [
 
 
 class TinybirdError(Exception):
-    """Root of every exception this project raises."""
+    """Root of the library's own exceptions.
+
+    Python's own conventions still apply beside it: an unknown keyword
+    argument raises ``TypeError``, ``get_token()`` on a request that did not
+    pass through the middleware raises ``RuntimeError``, and
+    ``TinybirdJWT.issuer_for()`` for an app set up with another extension
+    raises ``KeyError``.
+    """
 
 
 class ConfigurationError(TinybirdError, ValueError):

@@ -59,7 +59,7 @@ from urllib.parse import parse_qsl
 import jwt
 
 from . import _issuer
-from ._errors import TinybirdError
+from ._errors import ConfigurationError, TinybirdError
 from ._scopes import ParamValue
 
 __all__ = [
@@ -397,22 +397,28 @@ class LocalTinybird:
         self._key = _issuer._check_signing_key(signing_key)
         self._workspace_id = _issuer._check_workspace_id(workspace_id, "workspace_id")
         if not isinstance(pipes, Mapping):
-            raise TypeError("pipes must be a mapping of pipe names to rows.")
+            raise ConfigurationError(
+                "pipes must be a mapping of pipe names to rows.", option="pipes"
+            )
         for name, source in pipes.items():
             if not isinstance(name, str) or not _PIPE_NAME.fullmatch(name):
-                raise TypeError(
+                raise ConfigurationError(
                     f"pipes key {name!r} is not a valid Tinybird pipe name; "
-                    "use letters, digits and underscores."
+                    "use letters, digits and underscores.",
+                    option="pipes",
                 )
             if not callable(source) and (
                 isinstance(source, (str, bytes)) or not isinstance(source, Sequence)
             ):
-                raise TypeError(
+                raise ConfigurationError(
                     f"pipes[{name!r}] must be a list of row mappings or a callable "
-                    "params -> rows."
+                    "params -> rows.",
+                    option="pipes",
                 )
         if not callable(clock):
-            raise TypeError("clock must be a callable returning Unix seconds.")
+            raise ConfigurationError(
+                "clock must be a callable returning Unix seconds.", option="clock"
+            )
         self._pipes = dict(pipes)
         self._clock = clock
         self._lock = threading.Lock()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -81,12 +82,21 @@ CONFIG_DEFAULTS: Final[dict[str, Any]] = {
 """Every configuration key the extension reads, with its default."""
 
 
+_KEYWORD = re.compile(r"\b([a-z_]+)=")
+
+
 def _rename(exc: ConfigurationError, keys: Mapping[str, str]) -> ConfigurationError:
     if exc.option not in keys:
         # An option with no config key, such as TinybirdJWT(clock=...).
         return exc
     key = keys[exc.option]
-    return ConfigurationError(f"app.config[{key!r}] is invalid: {exc}", option=key)
+    # The core's advice names keyword arguments ("pass allow_long_ttl=True");
+    # a Flask app sets the matching config keys instead.
+    message = _KEYWORD.sub(
+        lambda match: f"{keys[match[1]]} = " if match[1] in keys else match[0],
+        str(exc),
+    )
+    return ConfigurationError(f"app.config[{key!r}] is invalid: {message}", option=key)
 
 
 def build_delivery(config: Mapping[str, Any]) -> DeliveryConfig:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
@@ -124,6 +125,9 @@ class TinybirdJWT:
         self._identity: IdentityFunc | None = None
         self._principal_loader: PrincipalLoader | None = None
         self._clock = clock
+        # Setup errors met while serving, counted so that their log is
+        # rate-limited; next() on itertools.count is atomic in CPython.
+        self._setup_failures = itertools.count(1)
 
         # Keyed by id() so that unhashable callables work; the values keep
         # each object alive, so its id is never reused.
@@ -262,7 +266,7 @@ class TinybirdJWT:
         try:
             return self._token_for(self._principal())
         except Exception as exc:
-            _log_failure(exc)
+            _log_failure(exc, self._setup_failures)
             return None
 
     def issuer_for(self, app: Flask | None = None) -> TokenIssuer:
@@ -363,7 +367,7 @@ class TinybirdJWT:
             try:
                 token = self._token_for(self._principal())
             except Exception as exc:
-                _log_failure(exc)
+                _log_failure(exc, self._setup_failures)
                 failed = True
 
         endpoint = delivery.endpoint_response(method, token, failed=failed)
@@ -387,7 +391,7 @@ class TinybirdJWT:
                 token = self._token_for(self._principal(), state)
                 self._apply_delivery(response, token, req, state)
         except Exception as exc:
-            _log_failure(exc)
+            _log_failure(exc, self._setup_failures)
         return response
 
     def _apply_delivery(
@@ -549,7 +553,7 @@ def _issuer_conflict(what: str) -> ConfigurationError:
     )
 
 
-def _log_failure(exc: Exception) -> None:
+def _log_failure(exc: Exception, setup_failures: Iterator[int]) -> None:
     # The core's messages name the identity and never a token or a key; other
     # exceptions come from app callbacks and are logged by type, with their
     # traceback.
@@ -574,6 +578,21 @@ def _log_failure(exc: Exception) -> None:
             request.path,
         )
         return
+    if isinstance(exc, ConfigurationError):
+        # The same setup error recurs on every request until the app is fixed;
+        # its message says what to do, so it is logged without a traceback,
+        # on the first request and then on every thousandth.
+        count = next(setup_failures)
+        if count == 1 or count % 1000 == 0:
+            logger.error(
+                "Tinybird token not issued for %s %r (%d time(s) so far): %s "
+                "Responses go out without a token.",
+                request.method,
+                request.path,
+                count,
+                exc,
+            )
+        return
     identity = exc.identity if isinstance(exc, PolicyError) else None
     reason = str(exc) if isinstance(exc, TinybirdError) else type(exc).__name__
     logger.error(
@@ -582,7 +601,7 @@ def _log_failure(exc: Exception) -> None:
         request.method,
         request.path,
         identity,
-        reason,
+        reason.rstrip("."),
         exc_info=exc,
     )
 

@@ -59,3 +59,16 @@ def test_leak_guard_captures_project_debug_records() -> None:
 
     new = leak_guard.captured[before:]
     assert any(source == "log tinybird_asgi:DEBUG" for source, _ in new)
+
+
+def test_leak_guard_captures_reprs() -> None:
+    before = len(leak_guard.captured)
+
+    issuer = TokenIssuer(
+        signing_key=SIGNING_KEY, workspace_id=WORKSPACE_ID, scopes=[PipeRead("p")]
+    )
+    token = issuer.token_for("carol")
+
+    new = dict(leak_guard.captured[before:])
+    assert new["repr TokenIssuer"] == repr(issuer)
+    assert new["repr TinybirdToken"] == repr(token)

@@ -650,7 +650,9 @@ async def test_endpoint_anonymous_401(issuer: TokenIssuer) -> None:
 
     assert start["status"] == 401
     assert "error" in json.loads(body["body"])
-    assert header_values(start, "cache-control") == ["no-store"]
+    # The cookie deletion makes the reply private, like a token reply.
+    assert header_values(start, "cache-control") == ["private, no-store"]
+    assert header_values(start, "vary") == ["Cookie"]
     assert header_values(start, "set-cookie") == [
         "tinybird_token=; Max-Age=0; Path=/; Secure; SameSite=Lax"
     ]

@@ -84,9 +84,7 @@ def run(*, quick: bool) -> Table:
         f"A one-scope token is {token_length} characters. Bytes/user is the traced "
         "growth of the process after gc.collect(), divided by the users cached; the "
         "last row fills a cache of max_cached users, then caches four more batches "
-        "of as many new users and gives the range after batches 2 to 5. The step "
-        "after the first batch is cachetools' TLRUCache keeping evicted entries in "
-        "its expiry heap until the heap is twice the cache size; it does not grow "
-        "after that."
+        "of as many new users and gives the range after batches 2 to 5, and its "
+        "change over the first full cache."
     )
     return table

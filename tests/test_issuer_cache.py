@@ -16,12 +16,13 @@ import pytest
 from flask_login import AnonymousUserMixin
 from starlette.authentication import UnauthenticatedUser
 
-from tests.conftest import SIGNING_KEY, START, FakeClock
+from tests.conftest import SIGNING_KEY, START, WORKSPACE_ID, FakeClock
 from tests.issuer_helpers import User, decode, make_issuer, org_policy
 from tinybird_asgi import (
     ConfigurationError,
     PolicyError,
     TinybirdToken,
+    TokenIssuer,
 )
 
 NEW_KEY = "p.rotated-signing-key-9876543210zyxwvutsrqponmlkjihgfedcba"
@@ -414,6 +415,36 @@ def test_callbacks_run_outside_lock(clock: FakeClock) -> None:
 
     assert not worker.is_alive()
     assert calls == ["identity", "scopes", "name", "rate_limit"]
+    assert issuer.mint_count == 1
+
+
+def test_clock_read_outside_lock(clock: FakeClock) -> None:
+    # The clock takes the cache lock through invalidate(); were the lock held
+    # while the clock runs, token_for would never return.
+    reads: list[float] = []
+
+    def locking_clock() -> float:
+        if reads:
+            issuer.invalidate("nobody")
+        reads.append(clock())
+        return clock()
+
+    issuer = TokenIssuer(
+        signing_key=SIGNING_KEY,
+        workspace_id=WORKSPACE_ID,
+        scopes=org_policy,
+        clock=locking_clock,
+    )
+    # A daemon thread, so a deadlock fails this test without hanging the run.
+    worker = threading.Thread(
+        target=issuer.token_for, args=(User("alice"),), daemon=True
+    )
+
+    worker.start()
+    worker.join(timeout=10)
+
+    assert not worker.is_alive()
+    assert len(reads) >= 2
     assert issuer.mint_count == 1
 
 

@@ -13,11 +13,11 @@ import uuid
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, NamedTuple, Self, TypeAlias, TypeVar
+from typing import Any, Self, TypeAlias, TypeGuard, TypeVar
 from urllib.parse import urlsplit
 
 import jwt
-from cachetools import TLRUCache
+from cachetools import LRUCache
 from jwt.algorithms import HMACAlgorithm
 from jwt.utils import base64url_encode
 
@@ -304,34 +304,50 @@ _PLAIN_RESULTS = frozenset({str, list, tuple, int, type(None)})
 
 def _call(
     what: str, func: Callable[[Any], Any], principal: object, identity: str | None
-) -> Generator[Awaitable[Any], Any, Any]:
-    # Call a user callback; a coroutine result is yielded to the driver, which
-    # awaits it (atoken_for) or rejects it (token_for).
+) -> Any:
+    # Call a user callback and return its result, which may be an awaitable
+    # (see _is_awaitable). A plain function rather than a generator, because a
+    # generator costs more to create and drive than the call itself, and most
+    # callbacks are synchronous.
     try:
-        result = func(principal)
-        if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
-            result = yield result
+        return func(principal)
     except PolicyError:
         raise
-    except InvalidScopeError as exc:
-        raise PolicyError(
-            f"{what} failed for identity {identity!r}: {exc}", identity=identity
-        ) from exc
     except Exception as exc:
-        raise PolicyError(
-            f"{what} raised {type(exc).__name__} for identity {identity!r}.",
-            identity=identity,
-        ) from exc
-    return result
+        raise _callback_error(what, exc, identity) from exc
 
 
-# A NamedTuple rather than a frozen dataclass: one is built on every call,
-# and a tuple is built several times faster.
-class _Claims(NamedTuple):
-    identity: str
-    name: str
-    rps: int | None
-    scopes: tuple[Scope, ...]
+def _awaited(
+    what: str, awaitable: Awaitable[Any], identity: str | None
+) -> Generator[Awaitable[Any], Any, Any]:
+    # Yield a callback's awaitable to the driver, which awaits it (atoken_for)
+    # or rejects it (token_for), and wrap its failure as _call does.
+    try:
+        return (yield awaitable)
+    except PolicyError:
+        raise
+    except Exception as exc:
+        raise _callback_error(what, exc, identity) from exc
+
+
+def _is_awaitable(result: object) -> TypeGuard[Awaitable[Any]]:
+    return type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result)
+
+
+def _callback_error(what: str, exc: Exception, identity: str | None) -> PolicyError:
+    if isinstance(exc, InvalidScopeError):
+        return PolicyError(
+            f"{what} failed for identity {identity!r}: {exc}", identity=identity
+        )
+    return PolicyError(
+        f"{what} raised {type(exc).__name__} for identity {identity!r}.",
+        identity=identity,
+    )
+
+
+# The per-call claims (identity, name, rps, scopes): a plain tuple, because
+# one is built on every call and a NamedTuple takes several times as long.
+_Claims: TypeAlias = tuple[str, str, int | None, tuple[Scope, ...]]
 
 
 class TokenIssuer:
@@ -437,9 +453,7 @@ class TokenIssuer:
         self._hmac_key = _prepare_hmac_key(key)
         self._key_id = object()
         self._lock = threading.Lock()
-        self._cache: TLRUCache[str, _Entry] = TLRUCache(
-            maxsize=max_cached, ttu=_entry_refresh_at, timer=clock
-        )
+        self._cache: LRUCache[str, _Entry] = LRUCache(maxsize=max_cached)
         self._mint_count = 0
 
     @classmethod
@@ -621,9 +635,15 @@ class TokenIssuer:
         )
 
     def __len__(self) -> int:
-        """Return the number of users with a cached token."""
+        """Return the number of users whose cached token is still served.
+
+        Entries past their refresh time stay in the cache, and count towards
+        ``max_cached``, until the user's next call replaces them or the least
+        recently used entry is evicted; they are not counted here.
+        """
+        now = self._clock()
         with self._lock:
-            return len(self._cache)
+            return sum(1 for entry in self._cache.values() if now < entry.refresh_at)
 
     def __bool__(self) -> bool:
         # An issuer with an empty cache is still an issuer: ``if issuer:`` must
@@ -694,14 +714,9 @@ class TokenIssuer:
         elif is_anonymous(principal):
             return
         else:
-            steps = _call("identity", self._identity, principal, None)
-            try:
-                awaitable = steps.send(None)
-            except StopIteration as done:
-                identity = done.value
-            else:
-                steps.close()
-                _discard(awaitable)
+            identity = _call("identity", self._identity, principal, None)
+            if _is_awaitable(identity):
+                _discard(identity)
                 raise PolicyError(
                     "invalidate() needs a synchronous identity callback; pass the "
                     "identity string instead."
@@ -753,16 +768,18 @@ class TokenIssuer:
                 "No token is issued for an anonymous principal."
             )
 
-        identity = yield from _call("identity", self._identity, principal, None)
+        identity = _call("identity", self._identity, principal, None)
+        if _is_awaitable(identity):
+            identity = yield from _awaited("identity", identity, None)
         if not isinstance(identity, str) or not identity:
             raise IdentityError(
                 f"identity callback returned {type(identity).__name__} "
                 "instead of a non-empty str."
             )
 
-        scopes = yield from _call(
-            "scopes policy", self._scopes_policy, principal, identity
-        )
+        scopes = _call("scopes policy", self._scopes_policy, principal, identity)
+        if _is_awaitable(scopes):
+            scopes = yield from _awaited("scopes policy", scopes, identity)
         scopes = _policy_scopes(scopes, identity)
 
         if self._name is None:
@@ -770,7 +787,9 @@ class TokenIssuer:
         elif isinstance(self._name, str):
             name = self._name
         else:
-            name = yield from _call("name callback", self._name, principal, identity)
+            name = _call("name callback", self._name, principal, identity)
+            if _is_awaitable(name):
+                name = yield from _awaited("name callback", name, identity)
             if not isinstance(name, str) or not name.strip():
                 raise PolicyError(
                     f"name callback returned {name!r} for identity {identity!r}; "
@@ -780,9 +799,9 @@ class TokenIssuer:
 
         rps = None
         if self._rate_limit is not None:
-            value = yield from _call(
-                "rate_limit callback", self._rate_limit, principal, identity
-            )
+            value = _call("rate_limit callback", self._rate_limit, principal, identity)
+            if _is_awaitable(value):
+                value = yield from _awaited("rate_limit callback", value, identity)
             try:
                 rps = _check_rps(value)
             except InvalidScopeError as exc:
@@ -790,23 +809,25 @@ class TokenIssuer:
                     f"rate_limit callback for identity {identity!r}: {exc}",
                     identity=identity,
                 ) from None
-        return _Claims(identity, name, rps, scopes)
+        return identity, name, rps, scopes
 
     def _issue(self, claims: _Claims) -> TinybirdToken:
         # The entry keeps the scopes' comparison keys, not the scope objects,
         # which cuts the memory per cached user; equal keys mean equal claims.
-        key_claims = (claims.name, claims.rps, tuple(s._key for s in claims.scopes))
+        identity, name, rps, scopes = claims
+        key_claims = (name, rps, tuple([scope._key for scope in scopes]))
 
+        # The clock is read before the lock, so no option supplied by the app
+        # runs while the lock is held. A call that waits for the lock then
+        # judges and signs by the time it started, which is older by that
+        # wait: microseconds per queued mint.
+        now = self._clock()
         # The lock covers lookup, signing and insertion, so concurrent calls
-        # for one user mint once. The clock is the only option called under
-        # it (TLRUCache reads it too), so a thread that waited for the lock
-        # never judges an entry by a stale time; every other callback runs
-        # before the lock is taken.
+        # for one user mint once.
         with self._lock:
-            now = self._clock()
             # Indexing reads the cache once; get() would also test membership.
             try:
-                entry: _Entry | None = self._cache[claims.identity]
+                entry: _Entry | None = self._cache[identity]
             except KeyError:
                 entry = None
             # An entry whose exp lies more than ttl ahead was minted before the
@@ -820,13 +841,11 @@ class TokenIssuer:
             ):
                 return entry.token
 
-            token = self._sign(claims, now)
-            # Delete a live entry first, so that an insert TLRUCache skips (its
-            # expiry already past) never leaves the old entry readable. Without
-            # a live entry nothing is readable, so a first mint skips the pop.
-            if entry is not None:
-                self._cache.pop(claims.identity, None)
-            self._cache[claims.identity] = _Entry(
+            token = self._sign(name, rps, scopes, now)
+            # An entry past its refresh time stays in the cache until this
+            # user's next call replaces it or the LRU bound evicts it, so the
+            # cache never holds more than max_cached entries.
+            self._cache[identity] = _Entry(
                 key_claims,
                 self._key_id,
                 token.expires_at - self._refresh_margin,
@@ -836,13 +855,15 @@ class TokenIssuer:
 
         logger.debug(
             "Minted Tinybird token for identity %r: %d scope(s), expires_at=%d",
-            claims.identity,
-            len(claims.scopes),
+            identity,
+            len(scopes),
             token.expires_at,
         )
         return token
 
-    def _sign(self, claims: _Claims, now: float) -> TinybirdToken:
+    def _sign(
+        self, name: str, rps: int | None, scopes: tuple[Scope, ...], now: float
+    ) -> TinybirdToken:
         # exp is aligned down to a multiple of exp_step, so every process with
         # the same configuration signs byte-identical tokens within one step;
         # the constructor guarantees ttl - exp_step >= refresh_margin.
@@ -850,12 +871,12 @@ class TokenIssuer:
         expires_at = int((now + self._ttl) // step) * step
         payload: dict[str, Any] = {
             "workspace_id": self._workspace_id,
-            "name": claims.name,
+            "name": name,
             "exp": expires_at,
-            "scopes": [scope._claim for scope in claims.scopes],
+            "scopes": [scope._claim for scope in scopes],
         }
-        if claims.rps is not None:
-            payload["limits"] = {"rps": claims.rps}
+        if rps is not None:
+            payload["limits"] = {"rps": rps}
         try:
             value = _encode_hs256(payload, self._hmac_key)
         except Exception as exc:
@@ -903,10 +924,6 @@ def _discard(awaitable: Awaitable[Any]) -> None:
     # Closing an unawaited coroutine stops Python warning that it never ran.
     if inspect.iscoroutine(awaitable):
         awaitable.close()
-
-
-def _entry_refresh_at(key: str, entry: _Entry, now: float) -> float:
-    return entry.refresh_at
 
 
 def _check_scopes(scopes: tuple[object, ...]) -> tuple[Scope, ...]:

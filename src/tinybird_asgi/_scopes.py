@@ -83,11 +83,12 @@ def _check_param(key: object, value: object) -> tuple[str, ParamValue]:
             "use letters, digits and underscores, not starting with a digit.",
             field="fixed_params",
         )
-    field = f"fixed_params[{key!r}]"
-
     # bool is a subclass of int, so it passes the int check below as intended.
+    # The error's field name is formatted only on failure, because this runs
+    # for every parameter of every scope a policy builds.
     if isinstance(value, str):
         if not value:
+            field = f"fixed_params[{key!r}]"
             raise InvalidScopeError(
                 f"{field} is an empty string; an empty tenant value can widen "
                 "access, so pass a non-empty value or drop the parameter.",
@@ -98,12 +99,14 @@ def _check_param(key: object, value: object) -> tuple[str, ParamValue]:
         return key, value
     if isinstance(value, float):
         if not math.isfinite(value):
+            field = f"fixed_params[{key!r}]"
             raise InvalidScopeError(
                 f"{field} is {value!r}; JSON has no NaN or infinity, "
                 "so pass a finite number.",
                 field=field,
             )
         return key, value
+    field = f"fixed_params[{key!r}]"
     if value is None:
         raise InvalidScopeError(
             f"{field} is None; a missing tenant value can widen access, "

@@ -556,3 +556,61 @@ def test_clock_error_names_argument() -> None:
 
     assert caught.value.option == "clock"
     assert "app.config" not in str(caught.value)
+
+
+# Request scoping and hook order
+
+
+def test_current_token_none_on_excluded_path(clock: FakeClock) -> None:
+    tinybird = policy_extension(clock)
+    app = make_app(tinybird, TINYBIRD_EXCLUDE_PATHS=["/public"])
+
+    @app.route("/public/page")
+    def public_page() -> str:
+        return flask.render_template_string("{{ tinybird_token() is none }}")
+
+    response = fetch(app, "/public/page")
+
+    assert response.text == "True"
+    assert HEADER not in response.headers
+
+
+def test_token_fresh_under_pushed_app_context(clock: FakeClock) -> None:
+    # g lives as long as the app context; pushed beforehand, it spans requests.
+    user = TestUser("alice", "acme")
+    app = make_app(policy_extension(clock), user=user)
+
+    with app.app_context(), app.test_client() as client:
+        first = client.get("/page").headers[HEADER]
+        clock.advance(7200)
+        user.org = "initech"
+        second = client.get("/page").headers[HEADER]
+
+    assert decode(second)["scopes"][0]["fixed_params"] == {"org_id": "initech"}
+    assert decode(second)["exp"] > decode(first)["exp"]
+
+
+def test_hook_registered_earlier_cannot_make_public(clock: FakeClock) -> None:
+    app = flask.Flask(__name__)
+    app.config.update(base_config())
+
+    @app.after_request
+    def mark_public(response: flask.Response) -> flask.Response:
+        response.headers["Cache-Control"] = "public, max-age=600"
+        return response
+
+    tinybird = policy_extension(clock)
+    tinybird.init_app(app)
+
+    @app.before_request
+    def load_user() -> None:
+        flask.g.user = ALICE
+
+    @app.route("/page")
+    def page() -> str:
+        return "ok"
+
+    response = fetch(app)
+
+    assert HEADER in response.headers
+    assert response.headers["cache-control"] == "private, max-age=600"

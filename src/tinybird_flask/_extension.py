@@ -58,12 +58,13 @@ EXTENSION_NAME = "tinybird"
 ENDPOINT_NAME = "tinybird.token"
 """Flask endpoint name of the token endpoint route."""
 
-# Every method reaches the token view, so the core returns 405 for the
-# others exactly as in the ASGI middleware.
+# The Allow header of Flask's reply to a CORS preflight of the token path.
 _PREFLIGHT_ALLOW = "GET, HEAD, OPTIONS"
-# g attribute caching (principal, token, error) for one request, so the Jinja
+# g attribute caching (request, principal, token, error), so the Jinja
 # global, current_token() and the after_request hook call the scopes policy
-# once per principal, and a failure is logged once.
+# once per request and principal, and a failure is logged once. The request
+# is part of the key because g outlives a request when the app context was
+# pushed beforehand.
 _G_CACHE = "_tinybird_cache"
 _G_LOGGED = "_tinybird_logged"
 
@@ -71,7 +72,7 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 ScopesPolicy = Callable[[Any], Iterable[Scope]]
 IdentityFunc = Callable[[Any], str]
 PrincipalLoader = Callable[[], Any]
-_Outcome = tuple[Any, TinybirdToken | None, Exception | None]
+_Outcome = tuple[Request, Any, TinybirdToken | None, Exception | None]
 # A reusable edit: the lower-case names whose lines go, the cookie whose
 # Set-Cookie lines go (or None), and the lines appended.
 _PreparedEdit = tuple[frozenset[str], str | None, list[tuple[str, str]]]
@@ -180,7 +181,12 @@ class TinybirdJWT:
             # to a list of methods.
             app.url_map.add(Rule(delivery.token_path, endpoint=ENDPOINT_NAME))
             app.view_functions[ENDPOINT_NAME] = self._token_view
-        app.after_request(self._after_request)
+        # Flask runs an app's after_request functions in reverse order of
+        # registration, so the first one in the list runs last. The token
+        # hook goes there: it then sees the final Cache-Control, Vary and
+        # Access-Control-Expose-Headers of every other hook, whenever that
+        # hook was registered.
+        app.after_request_funcs.setdefault(None, []).insert(0, self._after_request)
         app.add_template_global(self.current_token, "tinybird_token")
 
     # Registration decorators
@@ -264,7 +270,13 @@ class TinybirdJWT:
         if not has_request_context():
             return None
         try:
-            return self._token_for(self._principal())
+            req: Request = request._get_current_object()  # type: ignore[attr-defined]
+            app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+            state = self._state(app)
+            if self._skips(req, app, state.delivery):
+                # No token goes on this response, so none may reach its body.
+                return None
+            return self._token_for(self._principal(), state)
         except Exception as exc:
             _log_failure(exc, self._setup_failures)
             return None
@@ -306,11 +318,12 @@ class TinybirdJWT:
         self, principal: Any, state: _AppState | None = None
     ) -> TinybirdToken | None:
         ctx_g = g._get_current_object()
+        req: Request = request._get_current_object()  # type: ignore[attr-defined]
         cached: _Outcome | None = ctx_g.get(_G_CACHE)
-        if cached is not None and cached[0] is principal:
-            if cached[2] is not None:
-                raise cached[2]
-            return cached[1]
+        if cached is not None and cached[0] is req and cached[1] is principal:
+            if cached[3] is not None:
+                raise cached[3]
+            return cached[2]
 
         token: TinybirdToken | None
         if self._issuer is None and self._scopes_policy is None:
@@ -330,9 +343,9 @@ class TinybirdJWT:
         except AnonymousPrincipalError:
             token = None
         except Exception as exc:
-            setattr(ctx_g, _G_CACHE, (principal, None, exc))
+            setattr(ctx_g, _G_CACHE, (req, principal, None, exc))
             raise
-        setattr(ctx_g, _G_CACHE, (principal, token, None))
+        setattr(ctx_g, _G_CACHE, (req, principal, token, None))
         return token
 
     # Callbacks handed to issuers built from app.config

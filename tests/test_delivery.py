@@ -19,6 +19,8 @@ CDN_HEADERS = [
     ("Surrogate-Control", "max-age=600"),
     ("Cloudflare-CDN-Cache-Control", "max-age=600"),
     ("Vercel-CDN-Cache-Control", "max-age=600"),
+    ("Edge-Control", "cache-maxage=600s"),
+    ("X-Accel-Expires", "600"),
 ]
 
 
@@ -72,6 +74,8 @@ def test_cdn_cache_headers_removed(clock: FakeClock, delivery: str) -> None:
             "surrogate-control",
             "cloudflare-cdn-cache-control",
             "vercel-cdn-cache-control",
+            "edge-control",
+            "x-accel-expires",
         }
     )
     assert ("Cache-Control", "private") in result
@@ -165,3 +169,17 @@ def test_samesite_any_case_accepted(spelling: str) -> None:
     config = DeliveryConfig(cookie_samesite=spelling)  # type: ignore[arg-type]
 
     assert config.cookie_samesite == "lax"
+
+
+def test_edit_and_endpoint_reprs_hide_token(clock: FakeClock) -> None:
+    config = DeliveryConfig(delivery="both")
+    token = small_token(clock)
+
+    edit = config.edit_for_token(token, now=clock(), request_cookie=None, current={})
+    endpoint = config.endpoint_response("GET", token)
+
+    assert token.value in str(edit.add)
+    assert token.value in endpoint.body.decode()
+    assert token.value not in repr(edit)
+    assert "Set-Cookie" in repr(edit)
+    assert token.value not in repr(endpoint)

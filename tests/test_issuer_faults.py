@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import jwt
 import pytest
 
@@ -112,4 +114,24 @@ def test_token_for_async_policy_raises_typed(clock: FakeClock) -> None:
 
     assert isinstance(caught.value, PolicyError)
     assert "atoken_for" in str(caught.value)
+    assert issuer.mint_count == 0
+
+
+def test_generator_policy_raising_is_policy_error(clock: FakeClock) -> None:
+    def scopes(user: str) -> Iterator[PipeRead]:
+        yield PipeRead("events", fixed_params={"org_id": "acme"})
+        raise RuntimeError("tenant lookup failed")
+
+    issuer = TokenIssuer(
+        signing_key=SIGNING_KEY,
+        workspace_id=WORKSPACE_ID,
+        scopes=scopes,
+        clock=clock,
+    )
+
+    with pytest.raises(PolicyError) as info:
+        issuer.token_for("alice")
+
+    assert info.value.identity == "alice"
+    assert isinstance(info.value.__cause__, RuntimeError)
     assert issuer.mint_count == 0

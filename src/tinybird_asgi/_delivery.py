@@ -63,15 +63,19 @@ _REQUEST_PATH = re.compile(r"/[^\x00-\x20\x7f-\x9f\s?#<>]*")
 _DOMAIN = re.compile(r"\.?[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 # Directives a shared cache may act on; a response carrying a token loses them.
 _SHARED_CACHE_DIRECTIVES = frozenset({"public", "s-maxage", "private"})
-# Headers whose caching rules a CDN (Cloudflare, Fastly, Akamai, Vercel) follows
-# instead of Cache-Control. A response carrying a token loses them, so the CDN
-# falls back to Cache-Control: private.
+# Headers whose caching rules a CDN or caching proxy follows instead of
+# Cache-Control: the targeted CDN-Cache-Control of RFC 9213 and its Cloudflare
+# and Vercel forms, Surrogate-Control (Fastly, Varnish), Akamai's Edge-Control
+# and nginx's X-Accel-Expires. A response carrying a token loses them, so the
+# cache falls back to Cache-Control: private.
 CDN_CACHE_HEADERS = frozenset(
     {
         "cdn-cache-control",
         "surrogate-control",
         "cloudflare-cdn-cache-control",
         "vercel-cdn-cache-control",
+        "edge-control",
+        "x-accel-expires",
     }
 )
 
@@ -102,12 +106,20 @@ class ResponseEdit:
     existing line of that name is removed before it is added. ``drop`` lists
     lower-case names whose lines are removed, and ``drop_cookie`` a cookie
     name whose ``Set-Cookie`` lines are removed. ``add`` is appended last.
+    ``repr`` gives only the names of the added lines, which carry the token.
     """
 
     replace: dict[str, str] = field(default_factory=dict)
     drop: frozenset[str] = frozenset()
     drop_cookie: str | None = None
-    add: list[tuple[str, str]] = field(default_factory=list)
+    add: list[tuple[str, str]] = field(default_factory=list, repr=False)
+
+    def __repr__(self) -> str:
+        added = [name for name, _ in self.add]
+        return (
+            f"ResponseEdit(replace={self.replace!r}, drop={self.drop!r}, "
+            f"drop_cookie={self.drop_cookie!r}, add_names={added!r})"
+        )
 
     def removes(self, lower_name: str, value: str) -> bool:
         """Return whether an existing header line is removed by this edit."""
@@ -146,11 +158,14 @@ _CANONICAL = {
 
 @dataclass(frozen=True, slots=True)
 class EndpointResponse:
-    """Status, headers and body of a token endpoint response."""
+    """Status, headers and body of a token endpoint response.
+
+    ``repr`` leaves out the body, which carries the token.
+    """
 
     status: int
     headers: list[tuple[str, str]]
-    body: bytes
+    body: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)

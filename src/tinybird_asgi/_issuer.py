@@ -954,7 +954,12 @@ def _policy_scopes(scopes: object, identity: str) -> tuple[Scope, ...]:
             identity=identity,
         )
     try:
-        return _check_scopes(tuple(scopes))
+        # A generator runs the app's code here, so it can raise anything.
+        items = tuple(scopes)
+    except Exception as exc:
+        raise _callback_error("scopes policy", exc, identity) from exc
+    try:
+        return _check_scopes(items)
     except InvalidScopeError as exc:
         raise PolicyError(
             f"scopes policy for identity {identity!r}: {exc}", identity=identity

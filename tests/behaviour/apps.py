@@ -12,7 +12,8 @@ check how the adapter merges with them:
     an ``X-Tinybird-Token`` header of the app's own.
 ``cdn``
     ``CDN-Cache-Control``, ``Surrogate-Control``,
-    ``Cloudflare-CDN-Cache-Control`` and ``Vercel-CDN-Cache-Control``.
+    ``Cloudflare-CDN-Cache-Control``, ``Vercel-CDN-Cache-Control``,
+    ``Edge-Control`` and ``X-Accel-Expires``.
 
 Routes: ``/page``, ``/public/page`` (excluded by the suite's options),
 ``/publicity`` (not excluded), ``/stream`` (a body sent in ``STREAM_CHUNKS``)
@@ -102,6 +103,8 @@ def app_headers(query: Mapping[str, str]) -> list[tuple[str, str]]:
         ("cdn", "Surrogate-Control"),
         ("cdn", "Cloudflare-CDN-Cache-Control"),
         ("cdn", "Vercel-CDN-Cache-Control"),
+        ("cdn", "Edge-Control"),
+        ("cdn", "X-Accel-Expires"),
     ):
         if param in query:
             headers.append((name, query[param]))

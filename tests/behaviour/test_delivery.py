@@ -332,6 +332,8 @@ def test_cdn_cache_headers_removed(serve: Serve) -> None:
         "surrogate-control",
         "cloudflare-cdn-cache-control",
         "vercel-cdn-cache-control",
+        "edge-control",
+        "x-accel-expires",
     ):
         assert name not in response.headers
 

@@ -7,7 +7,10 @@
  *
  *   import { TinybirdClient } from "./tinybird-client.js";
  *
- *   const tinybird = new TinybirdClient({ tokenUrl: "/tinybird/token" });
+ *   const tinybird = new TinybirdClient({
+ *     tokenUrl: "/tinybird/token",
+ *     apiUrl: "https://api.tinybird.co",         // else refresh() learns it
+ *   });
  *   const response = await fetch("/api/me");     // any app route
  *   tinybird.adoptResponse(response);            // token from its headers
  *   const { data } = await tinybird.query("org_events", { day: "2026-12-01" });
@@ -34,10 +37,15 @@
  *   before clear() rejects and sends no request with the old token.
  *
  * Options (all optional): tokenUrl ("/tinybird/token"), apiUrl (default:
- * the api_url of the token endpoint), refreshMargin (60 s), headerName and
- * expiresHeaderName (the backend's header names), minRefreshInterval (5 s),
- * maxRefreshInterval (300 s), fetch (default: globalThis.fetch), now (Unix
- * seconds, default Date.now), onToken(token) and onRetry(error) callbacks.
+ * the api_url of the token endpoint; when given, it wins over that),
+ * refreshMargin (60 s; keep it at most the server's refresh margin, or the
+ * server hands back the same token), headerName and expiresHeaderName (the
+ * backend's header names), minRefreshInterval (5 s), maxRefreshInterval
+ * (300 s), fetch (default: globalThis.fetch), now (Unix seconds, default
+ * Date.now), and the callbacks onToken(token), onRetry(error) and
+ * onRefreshError(error), the last for failures of the background refresh.
+ * An exception thrown by a callback is reported (reportError) and does not
+ * change what the client does.
  *
  * Clock skew: a token younger than the current refresh interval is used even
  * if the local clock says it is about to expire. That interval starts at
@@ -51,9 +59,10 @@
  * status is the HTTP status (401 when signed out, 403 when Tinybird still
  * rejects a fresh token, 429 over the rate limit, or the status of a reply
  * whose body is not the expected JSON), or 0 for a network failure, an
- * unknown apiUrl or a request cancelled by clear() or by the caller's signal
- * (then cancelled is true). Its message is the server's error text or says
- * what was wrong; retryAfter is set for 429.
+ * unknown apiUrl or a request cancelled by clear() or by the caller's signal,
+ * whatever its abort reason (then cancelled is true). Its message is the
+ * server's error text or says what was wrong; retryAfter is the Retry-After
+ * header in seconds (a number or an HTTP date), or null.
  *
  * React: create one client per signed-in session (useMemo or a module
  * singleton), call clear() on sign-out, and run query() in an effect.
@@ -129,7 +138,7 @@ export class TinybirdClient {
     this._receivedAt = this._now();
     if (apiUrl) this._apiUrl = trimSlash(apiUrl);
     if (this._autoRefresh) this._schedule();
-    this.options.onToken?.(token);
+    this._callback("onToken", token);
   }
 
   /**
@@ -192,7 +201,10 @@ export class TinybirdClient {
     // the key was rotated: one retry with a fresh token, then give up.
     const error = await this._error(first);
     this.stats.retries += 1;
-    this.options.onRetry?.(error);
+    this._callback("onRetry", error);
+    // clear() may have run meanwhile: the retry must not fetch a token for
+    // the session that follows.
+    this._checkGeneration(generation, error.url);
     const fresh = await this.refresh();
     return this._read(await this._get(pipe, params, fresh, signal, generation));
   }
@@ -222,12 +234,16 @@ export class TinybirdClient {
     if (this._timer !== null) clearTimeout(this._timer);
     const due = this._expiresAt - this.options.refreshMargin - this._now();
     const delay = Math.max(this._interval, due) * 1000;
+    const generation = this._generation;
     this._timer = setTimeout(() => {
       this._timer = null;
-      // A failed refresh is retried after the current refresh interval;
-      // query() reports errors to the page.
+      // A failed refresh is retried after the current refresh interval.
       this.refresh()
-        .catch(() => {})
+        .catch((error) => {
+          if (generation === this._generation && !error?.cancelled) {
+            this._callback("onRefreshError", error);
+          }
+        })
         .finally(() => {
           if (this._autoRefresh && this._timer === null) this._schedule();
         });
@@ -260,7 +276,8 @@ export class TinybirdClient {
     }
     this.stats.refreshes += 1;
     this._adjustInterval(expires);
-    this.setToken(body.token, expires, body.api_url);
+    // An apiUrl given as an option wins over the endpoint's.
+    this.setToken(body.token, expires, this.options.apiUrl ? null : body.api_url);
     return body.token;
   }
 
@@ -281,7 +298,7 @@ export class TinybirdClient {
         "apiUrl is unknown: pass it or refresh() first", { status: 0, url: null },
       );
     }
-    const search = new URLSearchParams(params).toString();
+    const search = queryString(params);
     const url = `${this._apiUrl}/v0/pipes/${encodeURIComponent(pipe)}.json` +
       (search ? `?${search}` : "");
     return this._send(url, {
@@ -300,7 +317,9 @@ export class TinybirdClient {
       return await this._fetch(url, { ...init, signal: anySignal(signals) });
     } catch (error) {
       this._checkGeneration(generation, bare);
-      const cancelled = error?.name === "AbortError";
+      // An abort rejects with the signal's reason, which is an AbortError
+      // only when abort() was called without one.
+      const cancelled = error?.name === "AbortError" || signals.some((s) => s.aborted);
       const reason = cancelled ? "cancelled" : `failed: ${error?.message ?? error}`;
       throw new TinybirdRequestError(`Request to ${bare} ${reason}`, {
         status: 0,
@@ -345,13 +364,55 @@ export class TinybirdClient {
     } catch {
       // Not JSON: keep the status line.
     }
-    const retry = response.headers.get("Retry-After");
     return new TinybirdRequestError(message, {
       status: response.status,
       url: response.url.split("?")[0],
-      retryAfter: retry === null ? null : Number(retry),
+      retryAfter: parseRetryAfter(response.headers.get("Retry-After"), this._now()),
     });
   }
+
+  // Runs an app callback; an exception it throws is reported, not raised, so
+  // it never turns a token or a query into a failure.
+  _callback(name, argument) {
+    const callback = this.options[name];
+    if (!callback) return;
+    try {
+      callback(argument);
+    } catch (error) {
+      if (typeof globalThis.reportError === "function") {
+        globalThis.reportError(error);
+      } else {
+        setTimeout(() => {
+          throw error;
+        });
+      }
+    }
+  }
+}
+
+// Returns Retry-After in seconds: the header is either delay-seconds or an
+// HTTP date (RFC 9110, section 10.2.3). null when absent or unreadable.
+function parseRetryAfter(value, now) {
+  if (value === null) return null;
+  const trimmed = value.trim();
+  if (/^\d+$/.test(trimmed)) return Number(trimmed);
+  const date = Date.parse(trimmed);
+  if (Number.isNaN(date)) return null;
+  return Math.max(0, Math.ceil(date / 1000 - now));
+}
+
+// Returns the query string for pipe parameters. An object's entries whose
+// value is null or undefined are left out; a URLSearchParams, an array of
+// pairs or a string goes through URLSearchParams as it is.
+function queryString(params) {
+  if (params instanceof URLSearchParams || Array.isArray(params) || typeof params === "string") {
+    return new URLSearchParams(params).toString();
+  }
+  const search = new URLSearchParams();
+  for (const [key, value] of Object.entries(params ?? {})) {
+    if (value !== null && value !== undefined) search.append(key, String(value));
+  }
+  return search.toString();
 }
 
 // Returns the expiry as a number of Unix seconds, or null when it is not one

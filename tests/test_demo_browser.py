@@ -459,6 +459,75 @@ def test_ended_session_returns_to_sign_in(
     assert _page_errors(page) == []
 
 
+def test_double_submit_signs_in_once(page: Page, demo: Demo) -> None:
+    logins: list[str] = []
+    page.on(
+        "request",
+        lambda request: (
+            logins.append(request.url) if request.url.endswith("/login") else None
+        ),
+    )
+    page.goto(demo.url)
+    page.wait_for_selector("#login:not([hidden])", timeout=WAIT_MS)
+    page.fill("#email", "alice@acme")
+    page.fill("#password", "demo")
+
+    page.evaluate(
+        """() => {
+          const form = document.getElementById("login-form");
+          form.requestSubmit();
+          form.requestSubmit();
+        }"""
+    )
+    _wait(page, "window.demo.loads >= 1")
+
+    assert logins == [f"{demo.url}/login"]
+    assert _row_orgs(page) == ["acme"] * 12
+
+
+def test_slow_logout_keeps_next_session(page: Page, demo: Demo) -> None:
+    held: list[Any] = []
+
+    def hold(route: Any) -> None:
+        held.append(route)
+
+    page.route(f"{demo.url}/logout", hold)
+    _sign_in(page, demo, "alice@acme")
+    page.click("#logout-button")
+    page.wait_for_selector("#login:not([hidden])", timeout=WAIT_MS)
+
+    # Bob signs in while alice's /logout is still held back.
+    page.fill("#email", "bob@globex")
+    page.fill("#password", "demo")
+    page.click("#login-button")
+    _wait(page, "document.getElementById('login-button').disabled")
+    assert len(held) == 1
+    held[0].continue_()
+    _wait(page, "window.demo.loads >= 1 && window.demo.client !== null")
+
+    endpoint = page.evaluate(
+        "fetch('/tinybird/token', {cache: 'no-store'}).then(r => r.status)"
+    )
+    assert endpoint == 200
+    assert _row_orgs(page) == ["globex"] * 12
+
+
+def test_unexpected_pipe_reply_shown_as_error(page: Page, demo: Demo) -> None:
+    page.route(
+        f"{demo.tinybird_url}/v0/pipes/**",
+        lambda route: route.fulfill(
+            json={"rows": 0}, headers={"Access-Control-Allow-Origin": "*"}
+        ),
+    )
+
+    _sign_in(page, demo, "alice@acme")
+
+    assert "no data list" in (page.text_content("#status") or "")
+    assert _page_errors(page) == [
+        {"status": 0, "message": "the pipe reply has no data list"}
+    ]
+
+
 CROSS_SITE_LOGIN = """<form id=f method=POST action="{url}/login" enctype="text/plain">
 <input name='{{"email":"bob@globex","password":"demo","x":"' value='"}}'></form>
 <script>f.submit()</script>"""
@@ -770,3 +839,158 @@ def test_client_adopts_only_valid_expiry(client_page: Page) -> None:
     assert outcomes[str(later * 1000)] == [False, None]
     assert outcomes["empty"] == [False, None]
     assert outcomes[str(later)] == [True, "T"]
+
+
+def test_client_api_url_option_wins(client_page: Page) -> None:
+    result = client_page.evaluate(
+        """async () => {
+          const { TinybirdClient, json } = await window.harness();
+          const urls = [];
+          const fetch = async (url) => {
+            urls.push(url);
+            if (url === "/tinybird/token") {
+              return json({ token: "T", expires_at: Date.now() / 1000 + 600,
+                            api_url: "http://endpoint.test" });
+            }
+            return json({ data: [], rows: 0 });
+          };
+          const client = new TinybirdClient({ fetch, apiUrl: "http://option.test/" });
+          await client.query("org_events", { day: "2026-12-01", region: null,
+                                             org: undefined });
+          return { urls, apiUrl: client.apiUrl };
+        }"""
+    )
+
+    assert result["apiUrl"] == "http://option.test"
+    assert result["urls"] == [
+        "/tinybird/token",
+        "http://option.test/v0/pipes/org_events.json?day=2026-12-01",
+    ]
+
+
+@pytest.mark.parametrize("reason", ["string", "error"])
+def test_client_abort_with_reason_cancelled(client_page: Page, reason: str) -> None:
+    result = client_page.evaluate(
+        """async (reason) => {
+          const { TinybirdClient } = await window.harness();
+          // Like the browser's fetch: an abort rejects with the signal's reason.
+          const fetch = (url, init) => new Promise((resolve, reject) => {
+            init.signal.addEventListener("abort", () => reject(init.signal.reason));
+          });
+          const client = new TinybirdClient({ fetch, apiUrl: "http://tb.test" });
+          client.setToken("T", Date.now() / 1000 + 600);
+          const controller = new AbortController();
+          const query = client.query("org_events", {}, { signal: controller.signal });
+          await new Promise((resolve) => setTimeout(resolve, 0));
+          controller.abort(reason === "string" ? "unmount" : new Error("gone"));
+          return query.then(
+            () => "resolved", (error) => [error.status, error.cancelled],
+          );
+        }""",
+        reason,
+    )
+
+    assert result == [0, True]
+
+
+def test_client_clear_during_retry_no_token_request(client_page: Page) -> None:
+    result = client_page.evaluate(
+        """async () => {
+          const { TinybirdClient, json } = await window.harness();
+          const urls = [];
+          const fetch = async (url) => {
+            urls.push(url);
+            if (url === "/tinybird/token") {
+              return json({ token: "SERVER", expires_at: Date.now() / 1000 + 600 });
+            }
+            return json({ error: "expired" }, 403);
+          };
+          let client;
+          const onRetry = () => {
+            client.clear();
+            client.setToken("NEXT-USER", Date.now() / 1000 + 600);
+          };
+          client = new TinybirdClient({ fetch, apiUrl: "http://tb.test", onRetry });
+          client.setToken("OLD-USER", Date.now() / 1000 + 600);
+          const outcome = await client.query("org_events").then(
+            () => "resolved", (error) => [error.status, error.cancelled],
+          );
+          return { outcome, urls, token: client.token };
+        }"""
+    )
+
+    assert result["outcome"] == [0, True]
+    assert result["urls"] == ["http://tb.test/v0/pipes/org_events.json"]
+    assert result["token"] == "NEXT-USER"
+
+
+def test_client_retry_after_http_date(client_page: Page) -> None:
+    result = client_page.evaluate(
+        """async () => {
+          const { TinybirdClient } = await window.harness();
+          const now = 1_800_000_000;
+          const date = new Date((now + 30) * 1000).toUTCString();
+          const replies = [date, "7", "soon"];
+          const fetch = async () => new Response("{}", {
+            status: 429, headers: { "Retry-After": replies.shift() },
+          });
+          const client = new TinybirdClient({
+            fetch, apiUrl: "http://tb.test", now: () => now,
+          });
+          client.setToken("T", now + 600);
+          const seen = [];
+          for (let i = 0; i < 3; i += 1) {
+            seen.push(await client.query("p").catch((error) => error.retryAfter));
+          }
+          return seen;
+        }"""
+    )
+
+    assert result == [30, 7, None]
+
+
+def test_client_reports_background_refresh_error(client_page: Page) -> None:
+    result = client_page.evaluate(
+        """async () => {
+          const { TinybirdClient, json } = await window.harness();
+          const fetch = async () => json({ error: "Sign in" }, 401);
+          let reported;
+          const done = new Promise((resolve) => { reported = resolve; });
+          const client = new TinybirdClient({
+            fetch, apiUrl: "http://tb.test", minRefreshInterval: 0.01,
+            onRefreshError: (error) => reported([error.status, error.cancelled]),
+          });
+          client.setToken("T", Date.now() / 1000 + 1);
+          client.startAutoRefresh();
+          const outcome = await Promise.race([
+            done, new Promise((resolve) => setTimeout(() => resolve("timeout"), 5000)),
+          ]);
+          return { outcome, token: client.token };
+        }"""
+    )
+
+    assert result["outcome"] == [401, False]
+    assert result["token"] is None
+
+
+def test_client_callback_error_reported(client_page: Page) -> None:
+    result = client_page.evaluate(
+        """async () => {
+          const { TinybirdClient } = await window.harness();
+          const reported = [];
+          window.addEventListener("error", (event) => {
+            reported.push(event.error?.message);
+            event.preventDefault();
+          });
+          const client = new TinybirdClient({
+            apiUrl: "http://tb.test",
+            onToken: () => { throw new Error("render failed"); },
+          });
+          client.setToken("T", Date.now() / 1000 + 600);
+          await new Promise((resolve) => setTimeout(resolve, 0));
+          return { reported, token: client.token };
+        }"""
+    )
+
+    assert result["reported"] == ["render failed"]
+    assert result["token"] == "T"

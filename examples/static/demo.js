@@ -16,6 +16,11 @@ let reloader = null;
 // started by an earlier session is aborted and never rendered.
 let session = 0;
 let sessionAbort = null;
+// The last /logout request: a sign-in waits for it, so a slow logout reply
+// cannot end the session of the user who signs in next.
+let pendingLogout = Promise.resolve();
+// Rows rendered at most; a longer reply is cut, and the status says so.
+const MAX_RENDERED_ROWS = 1000;
 
 async function post(path, body) {
   return fetch(path, {
@@ -56,10 +61,11 @@ function onToken() {
   renderToken();
 }
 
-function renderRows(rows) {
+function renderRows(allRows) {
   const body = $("rows").tBodies[0];
   body.replaceChildren();
-  const max = Math.max(1, ...rows.map((row) => Number(row.count) || 0));
+  const rows = allRows.slice(0, MAX_RENDERED_ROWS);
+  const max = rows.reduce((top, row) => Math.max(top, Number(row.count) || 0), 1);
   for (const row of rows) {
     const tr = document.createElement("tr");
     tr.dataset.org = row.org_id;
@@ -96,10 +102,16 @@ async function loadRows() {
     demo.dropped += 1;
     return;
   }
+  if (failure === null && !Array.isArray(result?.data)) {
+    failure = { status: 0, message: "the pipe reply has no data list" };
+  }
   if (failure === null) {
     renderRows(result.data);
     const asked = override ? `; asked for org_id=${override}` : "";
-    setStatus(`${result.rows} rows at ${new Date().toLocaleTimeString()}${asked}`);
+    const cut = result.data.length > MAX_RENDERED_ROWS
+      ? `, first ${MAX_RENDERED_ROWS} shown`
+      : "";
+    setStatus(`${result.data.length} rows${cut} at ${new Date().toLocaleTimeString()}${asked}`);
   } else if (failure.status === 401) {
     // The token endpoint no longer knows this session (signed out elsewhere,
     // or the session cookie expired): back to the sign-in form.
@@ -112,7 +124,14 @@ async function loadRows() {
   renderToken();
 }
 
+function onRefreshError(error) {
+  // The background refresh met a 401: the session ended elsewhere.
+  if (error.status === 401) endSession("Your session has ended; sign in again.");
+}
+
 function startSession(me, response) {
+  // A second sign-in (a double submit) replaces the first session entirely.
+  if (demo.client) endSession();
   session += 1;
   sessionAbort = new AbortController();
   config = me.tinybird;
@@ -121,6 +140,7 @@ function startSession(me, response) {
     tokenUrl: config.token_path,
     apiUrl: config.api_url,
     onToken,
+    onRefreshError,
   });
   demo.client = client;
   $("user-email").textContent = me.user.email;
@@ -156,16 +176,24 @@ function endSession(message = "") {
 
 $("login-form").addEventListener("submit", async (event) => {
   event.preventDefault();
+  const button = $("login-button");
+  if (button.disabled) return;
+  button.disabled = true;
   $("login-error").textContent = "";
-  const response = await post("/login", {
-    email: $("email").value,
-    password: $("password").value,
-  });
-  if (!response.ok) {
-    $("login-error").textContent = "Unknown email or wrong password.";
-    return;
+  try {
+    await pendingLogout;
+    const response = await post("/login", {
+      email: $("email").value,
+      password: $("password").value,
+    });
+    if (!response.ok) {
+      $("login-error").textContent = "Unknown email or wrong password.";
+      return;
+    }
+    await startSession(await response.json(), response);
+  } finally {
+    button.disabled = false;
   }
-  await startSession(await response.json(), response);
 });
 
 $("query-form").addEventListener("submit", (event) => {
@@ -190,7 +218,8 @@ $("refresh-button").addEventListener("click", async () => {
 $("logout-button").addEventListener("click", async () => {
   // End the page's session first, so nothing renders while /logout runs.
   endSession();
-  await post("/logout", {});
+  pendingLogout = post("/logout", {}).catch(() => {});
+  await pendingLogout;
 });
 
 async function boot() {

@@ -61,7 +61,7 @@
  * whose body is not the expected JSON), or 0 for a network failure, an
  * unknown apiUrl or a request cancelled by clear() or by the caller's signal,
  * whatever its abort reason (then cancelled is true). Its message is the
- * server's error text or says what was wrong; retryAfter is the Retry-After
+ * server's error text or describes what was wrong; retryAfter is the Retry-After
  * header in seconds (a number or an HTTP date), or null.
  *
  * React: create one client per signed-in session (useMemo or a module

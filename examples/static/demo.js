@@ -19,7 +19,7 @@ let sessionAbort = null;
 // The last /logout request: a sign-in waits for it, so a slow logout reply
 // cannot end the session of the user who signs in next.
 let pendingLogout = Promise.resolve();
-// Rows rendered at most; a longer reply is cut, and the status says so.
+// Rows rendered at most; a longer reply is cut, and the status line reports it.
 const MAX_RENDERED_ROWS = 1000;
 
 async function post(path, body) {

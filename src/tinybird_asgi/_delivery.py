@@ -395,7 +395,7 @@ class DeliveryConfig:
 
         if self.uses_cookie:
             # The token cookie belongs to this library: a line the app set for
-            # it goes, even when the browser already holds the current token
+            # it goes, even when the browser already has the current token
             # and no new line is sent, so the app never overwrites that token.
             drop_cookie = self.cookie_name
             if request_cookie != token.value:
@@ -659,7 +659,7 @@ class EditCache(Generic[_Prepared]):
         """Return the key of the edit for these inputs, or ``None`` when the
         edit sends a new cookie line, whose ``Max-Age`` depends on the time.
 
-        ``watched`` holds the response's values of each of
+        ``watched`` contains the response's values of each of
         :data:`WATCHED_HEADERS`, in that order, as ``str`` or ``bytes``.
         """
         if self._uses_cookie and request_cookie != token.value:

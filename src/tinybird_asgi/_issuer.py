@@ -844,7 +844,7 @@ class TokenIssuer:
             token = self._sign(name, rps, scopes, now)
             # An entry past its refresh time stays in the cache until this
             # user's next call replaces it or the LRU bound evicts it, so the
-            # cache never holds more than max_cached entries.
+            # cache never contains more than max_cached entries.
             self._cache[identity] = _Entry(
                 key_claims,
                 self._key_id,

@@ -593,7 +593,7 @@ def _log_failure(exc: Exception, setup_failures: Iterator[int]) -> None:
         return
     if isinstance(exc, ConfigurationError):
         # The same setup error recurs on every request until the app is fixed;
-        # its message says what to do, so it is logged without a traceback,
+        # its message gives the fix, so it is logged without a traceback,
         # on the first request and then on every thousandth.
         count = next(setup_failures)
         if count == 1 or count % 1000 == 0:

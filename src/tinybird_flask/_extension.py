@@ -77,6 +77,8 @@ _Outcome = tuple[Request, Any, TinybirdToken | None, Exception | None]
 # Set-Cookie lines go (or None), and the lines appended.
 _PreparedEdit = tuple[frozenset[str], str | None, list[tuple[str, str]]]
 _WATCHED = frozenset(WATCHED_HEADERS)
+# The edit cache's watched values of a response without any watched header.
+_NO_WATCHED: tuple[tuple[str, ...], ...] = tuple(() for _ in WATCHED_HEADERS)
 SET_COOKIE = "set-cookie"
 
 
@@ -276,7 +278,9 @@ class TinybirdJWT:
             if self._skips(req, app, state.delivery):
                 # No token goes on this response, so none may reach its body.
                 return None
-            return self._token_for(self._principal(), state)
+            ctx_g = g._get_current_object()
+            principal = self._principal(app, ctx_g)
+            return self._token_for(principal, state, req, ctx_g)
         except Exception as exc:
             _log_failure(exc, self._setup_failures)
             return None
@@ -304,9 +308,13 @@ class TinybirdJWT:
             )
         return state
 
-    def _principal(self) -> Any:
+    def _principal(self, app: Flask | None = None, ctx_g: Any = None) -> Any:
         if self._principal_loader is None:
-            return default_principal()
+            if app is None:
+                app = current_app._get_current_object()  # type: ignore[attr-defined]
+            if ctx_g is None:
+                ctx_g = g._get_current_object()
+            return default_principal(app, ctx_g)
         principal = self._principal_loader()
         if inspect.isawaitable(principal):
             if inspect.iscoroutine(principal):
@@ -315,10 +323,16 @@ class TinybirdJWT:
         return principal
 
     def _token_for(
-        self, principal: Any, state: _AppState | None = None
+        self,
+        principal: Any,
+        state: _AppState | None = None,
+        req: Request | None = None,
+        ctx_g: Any = None,
     ) -> TinybirdToken | None:
-        ctx_g = g._get_current_object()
-        req: Request = request._get_current_object()  # type: ignore[attr-defined]
+        if ctx_g is None:
+            ctx_g = g._get_current_object()
+        if req is None:
+            req = request._get_current_object()  # type: ignore[attr-defined]
         cached: _Outcome | None = ctx_g.get(_G_CACHE)
         if cached is not None and cached[0] is req and cached[1] is principal:
             if cached[3] is not None:
@@ -401,7 +415,9 @@ class TinybirdJWT:
             app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
             state = self._state(app)
             if not self._skips(req, app, state.delivery):
-                token = self._token_for(self._principal(), state)
+                ctx_g = g._get_current_object()
+                principal = self._principal(app, ctx_g)
+                token = self._token_for(principal, state, req, ctx_g)
                 self._apply_delivery(response, token, req, state)
         except Exception as exc:
             _log_failure(exc, self._setup_failures)
@@ -429,9 +445,12 @@ class TinybirdJWT:
         if token is None and request_cookie is None:
             return
 
+        # Iterating the Headers object yields its (name, value) lines without
+        # the Python generator that items() adds.
+        lines = list(headers)
+        lowered = [name.lower() for name, _ in lines]
         watched: dict[str, list[str]] = {}
-        for name, value in headers.items():
-            lower = name.lower()
+        for lower, (_, value) in zip(lowered, lines, strict=True):
             if lower in _WATCHED:
                 watched.setdefault(lower, []).append(value)
         if token is None:
@@ -441,10 +460,12 @@ class TinybirdJWT:
             if edit is not None:
                 # Build the new headers completely before swapping them in,
                 # so a failure leaves the response as the view made it.
-                response.headers = Headers(edit.apply(headers.items()))
+                response.headers = Headers(edit.apply(lines))
             return
 
-        found = tuple(tuple(watched.get(name, ())) for name in WATCHED_HEADERS)
+        found = _NO_WATCHED
+        if watched:
+            found = tuple(tuple(watched.get(name, ())) for name in WATCHED_HEADERS)
         cache_key = state.edits.key(token, request_cookie, found)
         prepared = None if cache_key is None else state.edits.get(cache_key)
         if prepared is None:
@@ -455,7 +476,7 @@ class TinybirdJWT:
                 current=watched,
             )
             if cache_key is None:
-                response.headers = Headers(edit.apply(headers.items()))
+                response.headers = Headers(edit.apply(lines))
                 return
             # Werkzeug checks each value once here, as Headers.add() does.
             additions = Headers(edit.additions()).to_wsgi_list()
@@ -466,24 +487,24 @@ class TinybirdJWT:
             )
             state.edits.put(cache_key, prepared)
         removed, drop_cookie, additions = prepared
-        lines = [
+        kept = [
             line
-            for line in headers.items()
-            if line[0].lower() not in removed
+            for line, lower in zip(lines, lowered, strict=True)
+            if lower not in removed
             and not (
                 drop_cookie is not None
-                and line[0].lower() == SET_COOKIE
+                and lower == SET_COOKIE
                 and sets_cookie(line[1], drop_cookie)
             )
         ]
-        lines.extend(additions)
+        kept.extend(additions)
         # A new Headers object, swapped in once every line is built: a failure
         # leaves the response as the view made it, and a Headers object the
         # view shares with other responses is never changed. Every line was
         # already checked by Werkzeug (the view's when they were added, the
         # edit's when it was cached), so the list is handed over as it is
         # instead of checking each value again through the public API.
-        response.headers = _headers_from_checked(lines)
+        response.headers = _headers_from_checked(kept)
 
     def _skips(self, req: Request, app: Flask, delivery: DeliveryConfig) -> bool:
         if req.endpoint == ENDPOINT_NAME:

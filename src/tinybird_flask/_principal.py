@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, current_app, g
+from flask import Flask, g
 
 try:
     import flask_login
@@ -26,18 +26,22 @@ if flask_login is not None:
     flask_login.user_logged_out.connect(_mark_logout)
 
 
-def default_principal() -> Any:
+def default_principal(app: Flask, ctx_g: Any) -> Any:
     """Return the principal of the current request, or ``None``.
 
     Flask-Login's ``current_user`` comes first when the app has a
     ``LoginManager`` and the user is authenticated; otherwise ``g.user``. A
     request that called ``logout_user()`` has no principal, even if the app
     copied the user to ``g.user`` before logging out.
+
+    ``app`` and ``ctx_g`` are the objects behind ``current_app`` and ``g``,
+    resolved by the caller, because each read through a proxy costs a context
+    lookup (and a missing attribute, an exception raised through the proxy).
     """
-    if flask_login is not None and hasattr(current_app, "login_manager"):
+    if flask_login is not None and hasattr(app, "login_manager"):
         user = flask_login.current_user._get_current_object()
         if user is not None and user.is_authenticated:
             return user
-        if g.get(_LOGGED_OUT, False):
+        if ctx_g.get(_LOGGED_OUT, False):
             return None
-    return g.get("user")
+    return ctx_g.get("user")

@@ -401,11 +401,12 @@ function parseRetryAfter(value, now) {
   return Math.max(0, Math.ceil(date / 1000 - now));
 }
 
-// Returns the query string for pipe parameters. An object's entries whose
-// value is null or undefined are left out; a URLSearchParams, an array of
-// pairs or a string goes through URLSearchParams as it is.
+// Returns the query string for pipe parameters. A plain object's entries
+// whose value is null or undefined are left out. Anything iterable (a
+// URLSearchParams, a Map, FormData, an array of pairs) and a string go to
+// URLSearchParams as they are.
 function queryString(params) {
-  if (params instanceof URLSearchParams || Array.isArray(params) || typeof params === "string") {
+  if (typeof params === "string" || typeof params?.[Symbol.iterator] === "function") {
     return new URLSearchParams(params).toString();
   }
   const search = new URLSearchParams();

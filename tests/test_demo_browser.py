@@ -857,6 +857,7 @@ def test_client_api_url_option_wins(client_page: Page) -> None:
           const client = new TinybirdClient({ fetch, apiUrl: "http://option.test/" });
           await client.query("org_events", { day: "2026-12-01", region: null,
                                              org: undefined });
+          await client.query("org_events", new Map([["day", "2026-12-02"]]));
           return { urls, apiUrl: client.apiUrl };
         }"""
     )
@@ -865,6 +866,7 @@ def test_client_api_url_option_wins(client_page: Page) -> None:
     assert result["urls"] == [
         "/tinybird/token",
         "http://option.test/v0/pipes/org_events.json?day=2026-12-01",
+        "http://option.test/v0/pipes/org_events.json?day=2026-12-02",
     ]
 
 

@@ -614,3 +614,17 @@ def test_hook_registered_earlier_cannot_make_public(clock: FakeClock) -> None:
 
     assert HEADER in response.headers
     assert response.headers["cache-control"] == "private, max-age=600"
+
+
+def test_token_path_endpoint_conflict_rejected(clock: FakeClock) -> None:
+    app = flask.Flask(__name__)
+    app.config.update(base_config(TINYBIRD_TOKEN_PATH="/tinybird/token"))
+    app.add_url_rule(
+        "/other", endpoint=tinybird_flask.ENDPOINT_NAME, view_func=lambda: "other"
+    )
+
+    with pytest.raises(ConfigurationError) as raised:
+        policy_extension(clock).init_app(app)
+
+    assert raised.value.option == "TINYBIRD_TOKEN_PATH"
+    assert EXTENSION_NAME not in app.extensions

@@ -448,6 +448,44 @@ def test_clock_read_outside_lock(clock: FakeClock) -> None:
     assert issuer.mint_count == 1
 
 
+def test_stale_clock_read_adopts_later_one() -> None:
+    # Call A reads the clock just before an exp_step boundary, then call B
+    # reads it just after and mints before A takes the lock. A must serve
+    # B's token rather than mint one with the earlier exp.
+    step_boundary = 1_800_000_000.0
+    # Empty while the issuer is built, whose constructor checks one reading.
+    readings: Iterator[float] = iter([])
+    results: dict[str, TinybirdToken] = {}
+
+    def clock() -> float:
+        reading = next(readings, None)
+        if reading is None:
+            return step_boundary
+        if reading < step_boundary:
+            # A's reading: B runs to completion before A continues.
+            other = threading.Thread(
+                target=lambda: results.update(b=issuer.token_for(User("alice")))
+            )
+            other.start()
+            other.join(timeout=10)
+        return reading
+
+    issuer = TokenIssuer(
+        signing_key=SIGNING_KEY,
+        workspace_id=WORKSPACE_ID,
+        scopes=org_policy,
+        clock=clock,
+        exp_step=300,
+    )
+    readings = iter([step_boundary - 0.1, step_boundary + 0.1])
+
+    results["a"] = issuer.token_for(User("alice"))
+
+    assert results["a"] == results["b"]
+    assert results["a"].expires_at == step_boundary + 3600
+    assert issuer.mint_count == 1
+
+
 @pytest.mark.usefixtures("frequent_thread_switches")
 def test_threads_same_user_one_mint(clock: FakeClock) -> None:
     issuer = make_issuer(clock)

@@ -639,8 +639,9 @@ class EditCache(Generic[_Prepared]):
     the response's values of :data:`WATCHED_HEADERS`. Responses with the same
     inputs can therefore share it, converted once to the adapter's header
     types. At most ``max_size`` edits are kept; the store is emptied when it
-    is full. Reads and writes are single dict operations, so threads can share
-    one cache.
+    is full. Threads can share one cache without a lock: each read or write
+    is one or a few dict operations, and a race at worst stores an edit
+    twice or lets the store pass ``max_size`` by the number of writers.
     """
 
     __slots__ = ("_edits", "_max_size", "_uses_cookie")

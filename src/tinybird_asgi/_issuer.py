@@ -59,6 +59,10 @@ HARD_MAX_TTL = 366 * 86400.0
 DEFAULT_REFRESH_MARGIN = 300.0
 DEFAULT_MAX_CACHED = 10_000
 MIN_KEY_BYTES = 32
+# A clock reading older than the latest one taken under the cache lock by at
+# most this many seconds is a call that read the clock, then waited for the
+# lock; an older reading is a backwards clock jump.
+MAX_LOCK_WAIT = 0.5
 # The clock must read Unix seconds between 2001-09-09 and 2286-11-20.
 MIN_CLOCK = 1_000_000_000
 MAX_CLOCK = 9_999_999_999
@@ -455,6 +459,8 @@ class TokenIssuer:
         self._lock = threading.Lock()
         self._cache: LRUCache[str, _Entry] = LRUCache(maxsize=max_cached)
         self._mint_count = 0
+        # The latest clock reading a call used under the lock.
+        self._last_now = 0.0
 
     @classmethod
     def from_env(
@@ -818,13 +824,21 @@ class TokenIssuer:
         key_claims = (name, rps, tuple([scope._key for scope in scopes]))
 
         # The clock is read before the lock, so no option supplied by the app
-        # runs while the lock is held. A call that waits for the lock then
-        # judges and signs by the time it started, which is older by that
-        # wait: microseconds per queued mint.
+        # runs while the lock is held.
         now = self._clock()
         # The lock covers lookup, signing and insertion, so concurrent calls
         # for one user mint once.
         with self._lock:
+            # A call that read the clock before another call took the lock
+            # adopts that later reading, so the two never disagree on which
+            # exp_step they are in.
+            # NOTE: without a later reading, a call judges the entry by the
+            # time it read the clock, so a token served after a long wait for
+            # the lock has refresh_margin left minus that wait.
+            last = self._last_now
+            if last - MAX_LOCK_WAIT <= now < last:
+                now = last
+            self._last_now = now
             # Indexing reads the cache once; get() would also test membership.
             try:
                 entry: _Entry | None = self._cache[identity]

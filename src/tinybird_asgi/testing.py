@@ -381,8 +381,8 @@ class LocalTinybird:
     WSGI servers. Every answered request is appended to :attr:`log`. Instances
     are safe to share between threads.
 
-    :raises ConfigurationError: for an invalid signing key or workspace id.
-    :raises TypeError: for an invalid ``pipes`` mapping or clock.
+    :raises ConfigurationError: for an invalid signing key, workspace id,
+        ``pipes`` mapping or clock, naming the option.
     """
 
     def __init__(

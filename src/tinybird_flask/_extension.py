@@ -21,7 +21,6 @@ from flask import (
 )
 from flask.views import View
 from werkzeug.datastructures import Headers
-from werkzeug.routing import Rule
 
 from tinybird_asgi import (
     AnonymousPrincipalError,
@@ -164,6 +163,14 @@ class TinybirdJWT:
             )
 
         delivery = build_delivery(app.config)
+        if delivery.token_path is not None and ENDPOINT_NAME in app.view_functions:
+            key = "TINYBIRD_TOKEN_PATH"
+            raise ConfigurationError(
+                f"app.config[{key!r}] is set, but the app already has a view "
+                f"named {ENDPOINT_NAME!r}; rename that view or blueprint, or set "
+                f"{key} = None.",
+                option=key,
+            )
         issuer = self._issuer
         if issuer is None:
             issuer = build_issuer(
@@ -172,6 +179,9 @@ class TinybirdJWT:
                 identity=self._identity_for,
                 clock=self._clock,
             )
+        # Flask's setup methods raise once the app has handled a request, so
+        # this one runs first and a late init_app changes nothing.
+        app.add_template_global(self.current_token, "tinybird_token")
         app.extensions[EXTENSION_NAME] = _AppState(
             self, issuer, delivery, EditCache(delivery)
         )
@@ -181,7 +191,8 @@ class TinybirdJWT:
             # PROPFIND and the rest reach the core's JSON 405 too, as they do
             # under the ASGI middleware. add_url_rule() would limit the rule
             # to a list of methods.
-            app.url_map.add(Rule(delivery.token_path, endpoint=ENDPOINT_NAME))
+            rule = app.url_rule_class(delivery.token_path, endpoint=ENDPOINT_NAME)
+            app.url_map.add(rule)
             app.view_functions[ENDPOINT_NAME] = self._token_view
         # Flask runs an app's after_request functions in reverse order of
         # registration, so the first one in the list runs last. The token
@@ -189,7 +200,6 @@ class TinybirdJWT:
         # Access-Control-Expose-Headers of every other hook, whenever that
         # hook was registered.
         app.after_request_funcs.setdefault(None, []).insert(0, self._after_request)
-        app.add_template_global(self.current_token, "tinybird_token")
 
     # Registration decorators
 

@@ -1192,7 +1192,7 @@ async def test_policy_failure_message_sentences(
     [record] = caplog.records
     message = record.getMessage()
     assert message.startswith(
-        "Tinybird token not issued for GET '/page' (identity 'alice'), so the "
-        "response goes out without a token. Cause: PolicyError: "
+        "Tinybird token not issued for GET '/page' (identity 'alice'), so this "
+        "response carries no token. Cause: PolicyError: "
     )
     assert ".;" not in message

@@ -392,8 +392,8 @@ class TinybirdMiddleware:
         scope[FAILURE_LOGGED_KEY] = True
         identity = exc.identity if isinstance(exc, PolicyError) else None
         logger.error(
-            "Tinybird token not issued for %s %r (identity %r), so the response "
-            "goes out without a token. Cause: %s: %s",
+            "Tinybird token not issued for %s %r (identity %r), so this response "
+            "carries no token. Cause: %s: %s",
             scope["method"],
             scope["path"],
             identity,

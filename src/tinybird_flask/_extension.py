@@ -616,8 +616,7 @@ def _log_failure(exc: Exception, setup_failures: Iterator[int]) -> None:
             "Tinybird token not issued for %s %r: a TinybirdJWT callback (scopes "
             "policy, identity, name, rate_limit or principal loader) returned an "
             "awaitable, but Flask calls callbacks synchronously; register plain "
-            "functions that return their result. The response goes out without "
-            "a token.",
+            "functions that return their result. This response carries no token.",
             request.method,
             request.path,
         )
@@ -630,7 +629,7 @@ def _log_failure(exc: Exception, setup_failures: Iterator[int]) -> None:
         if count == 1 or count % 1000 == 0:
             logger.error(
                 "Tinybird token not issued for %s %r (%d time(s) so far): %s "
-                "Responses go out without a token.",
+                "Responses carry no token.",
                 request.method,
                 request.path,
                 count,
@@ -640,8 +639,8 @@ def _log_failure(exc: Exception, setup_failures: Iterator[int]) -> None:
     identity = exc.identity if isinstance(exc, PolicyError) else None
     reason = str(exc) if isinstance(exc, TinybirdError) else type(exc).__name__
     logger.error(
-        "Tinybird token not issued for %s %r (identity %r): %s; the response "
-        "goes out without a token.",
+        "Tinybird token not issued for %s %r (identity %r): %s; this response "
+        "carries no token.",
         request.method,
         request.path,
         identity,

@@ -188,13 +188,18 @@ export class TinybirdClient {
 
   /**
    * Query a pipe endpoint and return its JSON ({data, rows, meta, ...}).
-   * params is an object or URLSearchParams of pipe parameters.
+   * params holds the pipe parameters: an object, a query string, or any
+   * iterable of [name, value] pairs (URLSearchParams, Map, FormData, an
+   * array). Parameters whose value is null or undefined are left out.
    */
   async query(pipe, params = {}, { signal } = {}) {
     this.stats.queries += 1;
     const generation = this._generation;
+    // Built once: an iterator passed as params can be read only once, and
+    // the retry on 403 sends the same parameters.
+    const search = queryString(params);
     const token = await this.getToken();
-    const first = await this._get(pipe, params, token, signal, generation);
+    const first = await this._get(pipe, search, token, signal, generation);
     if (first.status !== 403) return this._read(first);
 
     // A 403 usually means the token expired early by the browser's clock or
@@ -206,7 +211,7 @@ export class TinybirdClient {
     // the session that follows.
     this._checkGeneration(generation, error.url);
     const fresh = await this.refresh();
-    return this._read(await this._get(pipe, params, fresh, signal, generation));
+    return this._read(await this._get(pipe, search, fresh, signal, generation));
   }
 
   /**
@@ -292,13 +297,12 @@ export class TinybirdClient {
       : minRefreshInterval;
   }
 
-  _get(pipe, params, token, signal, generation) {
+  _get(pipe, search, token, signal, generation) {
     if (!this._apiUrl) {
       throw new TinybirdRequestError(
         "apiUrl is unknown: pass it or refresh() first", { status: 0, url: null },
       );
     }
-    const search = queryString(params);
     const url = `${this._apiUrl}/v0/pipes/${encodeURIComponent(pipe)}.json` +
       (search ? `?${search}` : "");
     return this._send(url, {
@@ -401,16 +405,16 @@ function parseRetryAfter(value, now) {
   return Math.max(0, Math.ceil(date / 1000 - now));
 }
 
-// Returns the query string for pipe parameters. A plain object's entries
-// whose value is null or undefined are left out. Anything iterable (a
-// URLSearchParams, a Map, FormData, an array of pairs) and a string go to
-// URLSearchParams as they are.
+// Returns the query string for pipe parameters: a string as it is, else the
+// [name, value] pairs of an iterable or the entries of a plain object,
+// leaving out those whose value is null or undefined.
 function queryString(params) {
-  if (typeof params === "string" || typeof params?.[Symbol.iterator] === "function") {
-    return new URLSearchParams(params).toString();
-  }
+  if (typeof params === "string") return new URLSearchParams(params).toString();
+  const pairs = typeof params?.[Symbol.iterator] === "function"
+    ? params
+    : Object.entries(params ?? {});
   const search = new URLSearchParams();
-  for (const [key, value] of Object.entries(params ?? {})) {
+  for (const [key, value] of pairs) {
     if (value !== null && value !== undefined) search.append(key, String(value));
   }
   return search.toString();

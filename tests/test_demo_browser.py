@@ -857,7 +857,8 @@ def test_client_api_url_option_wins(client_page: Page) -> None:
           const client = new TinybirdClient({ fetch, apiUrl: "http://option.test/" });
           await client.query("org_events", { day: "2026-12-01", region: null,
                                              org: undefined });
-          await client.query("org_events", new Map([["day", "2026-12-02"]]));
+          await client.query("org_events", new Map([["day", "2026-12-02"],
+                                                    ["region", null]]).entries());
           return { urls, apiUrl: client.apiUrl };
         }"""
     )
@@ -996,3 +997,31 @@ def test_client_callback_error_reported(client_page: Page) -> None:
 
     assert result["reported"] == ["render failed"]
     assert result["token"] == "T"
+
+
+def test_client_retry_resends_iterator_params(client_page: Page) -> None:
+    result = client_page.evaluate(
+        """async () => {
+          const { TinybirdClient, json } = await window.harness();
+          const urls = [];
+          const fetch = async (url) => {
+            urls.push(url);
+            if (url === "/tinybird/token") {
+              return json({ token: "FRESH", expires_at: Date.now() / 1000 + 600 });
+            }
+            if (urls.length === 1) return json({ error: "expired" }, 403);
+            return json({ data: [] });
+          };
+          const client = new TinybirdClient({ fetch, apiUrl: "http://tb.test" });
+          client.setToken("OLD", Date.now() / 1000 + 600);
+          const params = new Map([["org_id", "acme"]]).entries();
+          await client.query("org_events", params);
+          return urls;
+        }"""
+    )
+
+    assert result == [
+        "http://tb.test/v0/pipes/org_events.json?org_id=acme",
+        "/tinybird/token",
+        "http://tb.test/v0/pipes/org_events.json?org_id=acme",
+    ]

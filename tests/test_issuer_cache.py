@@ -7,6 +7,7 @@ import json
 import random
 import sys
 import threading
+import types
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from flask_login import AnonymousUserMixin
 from starlette.authentication import UnauthenticatedUser
 
+import tinybird_asgi._issuer
 from tests.conftest import SIGNING_KEY, START, WORKSPACE_ID, FakeClock
 from tests.issuer_helpers import User, decode, make_issuer, org_policy
 from tinybird_asgi import (
@@ -448,10 +450,19 @@ def test_clock_read_outside_lock(clock: FakeClock) -> None:
     assert issuer.mint_count == 1
 
 
-def test_stale_clock_read_adopts_later_one() -> None:
+@pytest.mark.parametrize(("gap", "wait"), [(0.2, 0.0), (3.0, 4.0)])
+def test_stale_clock_read_adopts_later_one(
+    monkeypatch: pytest.MonkeyPatch, gap: float, wait: float
+) -> None:
     # Call A reads the clock just before an exp_step boundary, then call B
-    # reads it just after and mints before A takes the lock. A must serve
-    # B's token rather than mint one with the earlier exp.
+    # reads it `gap` seconds later, past the boundary, and mints before A
+    # takes the lock after waiting `wait` seconds (by a fake monotonic
+    # clock). A must serve B's token rather than mint one with the earlier
+    # exp, also when the gap exceeds MAX_LOCK_WAIT but not the wait.
+    monotonic = FakeClock(1000.0)
+    monkeypatch.setattr(
+        tinybird_asgi._issuer, "time", types.SimpleNamespace(monotonic=monotonic)
+    )
     step_boundary = 1_800_000_000.0
     # Empty while the issuer is built, whose constructor checks one reading.
     readings: Iterator[float] = iter([])
@@ -468,6 +479,7 @@ def test_stale_clock_read_adopts_later_one() -> None:
             )
             other.start()
             other.join(timeout=10)
+            monotonic.advance(wait)
         return reading
 
     issuer = TokenIssuer(
@@ -477,7 +489,7 @@ def test_stale_clock_read_adopts_later_one() -> None:
         clock=clock,
         exp_step=300,
     )
-    readings = iter([step_boundary - 0.1, step_boundary + 0.1])
+    readings = iter([step_boundary - gap / 2, step_boundary + gap / 2])
 
     results["a"] = issuer.token_for(User("alice"))
 

@@ -59,9 +59,9 @@ HARD_MAX_TTL = 366 * 86400.0
 DEFAULT_REFRESH_MARGIN = 300.0
 DEFAULT_MAX_CACHED = 10_000
 MIN_KEY_BYTES = 32
-# A clock reading older than the latest one taken under the cache lock by at
-# most this many seconds is a call that read the clock, then waited for the
-# lock; an older reading is a backwards clock jump.
+# A clock reading older than the latest one used under the cache lock, by no
+# more than this many seconds or the time the call waited for the lock, is
+# taken as a stale reading; a reading older still is a backwards clock jump.
 MAX_LOCK_WAIT = 0.5
 # The clock must read Unix seconds between 2001-09-09 and 2286-11-20.
 MIN_CLOCK = 1_000_000_000
@@ -600,7 +600,12 @@ class TokenIssuer:
 
     @property
     def ttl(self) -> float:
-        """Upper bound of a token's lifetime, in seconds."""
+        """Upper bound of a token's lifetime, in seconds.
+
+        A clock that steps back by up to ``MAX_LOCK_WAIT`` is read as a call
+        that waited for the lock, so a token signed just after such a step may
+        outlive ``ttl`` by that step.
+        """
         return self._ttl
 
     @property
@@ -824,7 +829,8 @@ class TokenIssuer:
         key_claims = (name, rps, tuple([scope._key for scope in scopes]))
 
         # The clock is read before the lock, so no option supplied by the app
-        # runs while the lock is held.
+        # runs while the lock is held. The monotonic clock measures the wait.
+        started = time.monotonic()
         now = self._clock()
         # The lock covers lookup, signing and insertion, so concurrent calls
         # for one user mint once.
@@ -836,7 +842,8 @@ class TokenIssuer:
             # time it read the clock, so a token served after a long wait for
             # the lock has refresh_margin left minus that wait.
             last = self._last_now
-            if last - MAX_LOCK_WAIT <= now < last:
+            window = max(MAX_LOCK_WAIT, time.monotonic() - started)
+            if last - window <= now < last:
                 now = last
             self._last_now = now
             # Indexing reads the cache once; get() would also test membership.

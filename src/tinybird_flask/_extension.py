@@ -149,6 +149,9 @@ class TinybirdJWT:
                 "call init_app once per app.",
                 option="app",
             )
+        # Flask's setup methods raise once the app has handled a request, so
+        # this one comes first: a late init_app raises before changing the app.
+        app.add_template_global(self.current_token, "tinybird_token")
         # With issuer= the issuer keys are never read, so they are not added:
         # app.config then shows no TINYBIRD_TTL that the issuer does not use.
         skipped = set(ISSUER_KEYS.values()) if self._issuer is not None else set()
@@ -179,9 +182,6 @@ class TinybirdJWT:
                 identity=self._identity_for,
                 clock=self._clock,
             )
-        # Flask's setup methods raise once the app has handled a request, so
-        # this one runs first and a late init_app changes nothing.
-        app.add_template_global(self.current_token, "tinybird_token")
         app.extensions[EXTENSION_NAME] = _AppState(
             self, issuer, delivery, EditCache(delivery)
         )

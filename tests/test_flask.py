@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import types
+from collections.abc import Callable
 from typing import Any
 
 import flask
@@ -36,11 +37,20 @@ def base_config(**extra: Any) -> dict[str, Any]:
 
 
 def make_app(
-    tinybird: TinybirdJWT, *, user: TestUser | None = ALICE, **config: Any
+    tinybird: TinybirdJWT,
+    *,
+    user: TestUser | None = ALICE,
+    before_init: Callable[[flask.Flask], None] | None = None,
+    **config: Any,
 ) -> flask.Flask:
-    """Build an app whose every request is made by ``user``, set up with tinybird."""
+    """Build an app whose every request is made by ``user``, set up with tinybird.
+
+    ``before_init`` runs on the app just before ``init_app``.
+    """
     app = flask.Flask(__name__)
     app.config.update(base_config(**config))
+    if before_init is not None:
+        before_init(app)
     tinybird.init_app(app)
 
     @app.before_request
@@ -591,24 +601,14 @@ def test_token_fresh_under_pushed_app_context(clock: FakeClock) -> None:
 
 
 def test_hook_registered_earlier_cannot_make_public(clock: FakeClock) -> None:
-    app = flask.Flask(__name__)
-    app.config.update(base_config())
-
-    @app.after_request
     def mark_public(response: flask.Response) -> flask.Response:
         response.headers["Cache-Control"] = "public, max-age=600"
         return response
 
-    tinybird = policy_extension(clock)
-    tinybird.init_app(app)
+    def register_hook(app: flask.Flask) -> None:
+        app.after_request(mark_public)
 
-    @app.before_request
-    def load_user() -> None:
-        flask.g.user = ALICE
-
-    @app.route("/page")
-    def page() -> str:
-        return "ok"
+    app = make_app(policy_extension(clock), before_init=register_hook)
 
     response = fetch(app)
 

@@ -15,10 +15,12 @@ OTHER_KEY = "p.another-signing-key-abcdefghijklmnopqrstuvwxyz0123456789"
 
 
 def _issuer(clock: FakeClock, **options: object) -> TokenIssuer:
+    options.setdefault(
+        "scopes", lambda user: [PipeRead("events", fixed_params={"user": user})]
+    )
     return TokenIssuer(
         signing_key=SIGNING_KEY,
         workspace_id=WORKSPACE_ID,
-        scopes=lambda user: [PipeRead("events", fixed_params={"user": user})],
         clock=clock,
         **options,  # type: ignore[arg-type]
     )
@@ -102,12 +104,7 @@ def test_async_callbacks_lists_async_options(clock: FakeClock) -> None:
 
 
 def test_token_for_async_policy_raises_typed(clock: FakeClock) -> None:
-    issuer = TokenIssuer(
-        signing_key=SIGNING_KEY,
-        workspace_id=WORKSPACE_ID,
-        scopes=_async_scopes,
-        clock=clock,
-    )
+    issuer = _issuer(clock, scopes=_async_scopes)
 
     with pytest.raises(AsyncCallbackError) as caught:
         issuer.token_for("alice")
@@ -122,12 +119,7 @@ def test_generator_policy_raising_is_policy_error(clock: FakeClock) -> None:
         yield PipeRead("events", fixed_params={"org_id": "acme"})
         raise RuntimeError("tenant lookup failed")
 
-    issuer = TokenIssuer(
-        signing_key=SIGNING_KEY,
-        workspace_id=WORKSPACE_ID,
-        scopes=scopes,
-        clock=clock,
-    )
+    issuer = _issuer(clock, scopes=scopes)
 
     with pytest.raises(PolicyError) as info:
         issuer.token_for("alice")

@@ -37,7 +37,7 @@ from tinybird_asgi import (
     is_preflight,
     read_cookie,
 )
-from tinybird_asgi._delivery import WATCHED_HEADERS, EditCache, sets_cookie
+from tinybird_asgi._delivery import WATCHED_HEADERS, EditCache, ResponseEdit
 
 from ._config import (
     CONFIG_DEFAULTS,
@@ -72,13 +72,11 @@ ScopesPolicy = Callable[[Any], Iterable[Scope]]
 IdentityFunc = Callable[[Any], str]
 PrincipalLoader = Callable[[], Any]
 _Outcome = tuple[Request, Any, TinybirdToken | None, Exception | None]
-# A reusable edit: the lower-case names whose lines go, the cookie whose
-# Set-Cookie lines go (or None), and the lines appended.
-_PreparedEdit = tuple[frozenset[str], str | None, list[tuple[str, str]]]
-_WATCHED = frozenset(WATCHED_HEADERS)
+# A reusable edit: the edit, which decides which lines go, and the lines it
+# appends, already checked by Werkzeug.
+_PreparedEdit = tuple[ResponseEdit, list[tuple[str, str]]]
 # The edit cache's watched values of a response without any watched header.
 _NO_WATCHED: tuple[tuple[str, ...], ...] = tuple(() for _ in WATCHED_HEADERS)
-SET_COOKIE = "set-cookie"
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,9 +194,9 @@ class TinybirdJWT:
             app.view_functions[ENDPOINT_NAME] = self._token_view
         # Flask runs an app's after_request functions in reverse order of
         # registration, so the first one in the list runs last. The token
-        # hook goes there: it then sees the final Cache-Control, Vary and
-        # Access-Control-Expose-Headers of every other hook, whenever that
-        # hook was registered.
+        # hook goes there, so it edits the Cache-Control, Vary and
+        # Access-Control-Expose-Headers that every other hook left, whenever
+        # that hook was registered.
         app.after_request_funcs.setdefault(None, []).insert(0, self._after_request)
 
     # Registration decorators
@@ -288,9 +286,7 @@ class TinybirdJWT:
             if self._skips(req, app, state.delivery):
                 # No token goes on this response, so none may reach its body.
                 return None
-            ctx_g = g._get_current_object()
-            principal = self._principal(app, ctx_g)
-            return self._token_for(principal, state, req, ctx_g)
+            return self._request_token(req, app, state)
         except Exception as exc:
             _log_failure(exc, self._setup_failures)
             return None
@@ -318,12 +314,16 @@ class TinybirdJWT:
             )
         return state
 
-    def _principal(self, app: Flask | None = None, ctx_g: Any = None) -> Any:
+    def _request_token(
+        self, req: Request, app: Flask, state: _AppState
+    ) -> TinybirdToken | None:
+        # The current principal's token; app, req and g are resolved once and
+        # passed down, because each read through a proxy costs a lookup.
+        ctx_g = g._get_current_object()
+        return self._token_for(self._principal(app, ctx_g), state, req, ctx_g)
+
+    def _principal(self, app: Flask, ctx_g: Any) -> Any:
         if self._principal_loader is None:
-            if app is None:
-                app = current_app._get_current_object()  # type: ignore[attr-defined]
-            if ctx_g is None:
-                ctx_g = g._get_current_object()
             return default_principal(app, ctx_g)
         principal = self._principal_loader()
         if inspect.isawaitable(principal):
@@ -333,16 +333,8 @@ class TinybirdJWT:
         return principal
 
     def _token_for(
-        self,
-        principal: Any,
-        state: _AppState | None = None,
-        req: Request | None = None,
-        ctx_g: Any = None,
+        self, principal: Any, state: _AppState, req: Request, ctx_g: Any
     ) -> TinybirdToken | None:
-        if ctx_g is None:
-            ctx_g = g._get_current_object()
-        if req is None:
-            req = request._get_current_object()  # type: ignore[attr-defined]
         cached: _Outcome | None = ctx_g.get(_G_CACHE)
         if cached is not None and cached[0] is req and cached[1] is principal:
             if cached[3] is not None:
@@ -396,13 +388,16 @@ class TinybirdJWT:
             response.headers["Allow"] = _PREFLIGHT_ALLOW
             return response
 
-        delivery = self._state().delivery
-        method = request.method
+        req: Request = request._get_current_object()  # type: ignore[attr-defined]
+        app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+        state = self._state(app)
+        delivery = state.delivery
+        method = req.method
         token = None
         failed = False
         if method in ("GET", "HEAD"):
             try:
-                token = self._token_for(self._principal())
+                token = self._request_token(req, app, state)
             except Exception as exc:
                 _log_failure(exc, self._setup_failures)
                 failed = True
@@ -412,7 +407,7 @@ class TinybirdJWT:
         # The core's headers replace Flask's, so HEAD keeps GET's Content-Length.
         response.headers = Headers(endpoint.headers)
         if method in ("GET", "HEAD") and not failed:
-            self._apply_delivery(response, token)
+            self._apply_delivery(response, token, req, state)
         return response
 
     def _after_request(self, response: Response) -> Response:
@@ -425,9 +420,7 @@ class TinybirdJWT:
             app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
             state = self._state(app)
             if not self._skips(req, app, state.delivery):
-                ctx_g = g._get_current_object()
-                principal = self._principal(app, ctx_g)
-                token = self._token_for(principal, state, req, ctx_g)
+                token = self._request_token(req, app, state)
                 self._apply_delivery(response, token, req, state)
         except Exception as exc:
             _log_failure(exc, self._setup_failures)
@@ -437,14 +430,10 @@ class TinybirdJWT:
         self,
         response: Response,
         token: TinybirdToken | None,
-        req: Request | None = None,
-        state: _AppState | None = None,
+        req: Request,
+        state: _AppState,
     ) -> None:
         # Put ``token`` on the response, or delete a stale cookie when None.
-        if req is None:
-            req = request._get_current_object()  # type: ignore[attr-defined]
-        if state is None:
-            state = self._state()
         delivery = state.delivery
         request_cookie = None
         if delivery.uses_cookie:
@@ -459,9 +448,10 @@ class TinybirdJWT:
         # the Python generator that items() adds.
         lines = list(headers)
         lowered = [name.lower() for name, _ in lines]
+        watched_names = delivery.watched_headers
         watched: dict[str, list[str]] = {}
         for lower, (_, value) in zip(lowered, lines, strict=True):
-            if lower in _WATCHED:
+            if lower in watched_names:
                 watched.setdefault(lower, []).append(value)
         if token is None:
             edit = delivery.edit_for_anonymous(
@@ -489,23 +479,13 @@ class TinybirdJWT:
                 response.headers = Headers(edit.apply(lines))
                 return
             # Werkzeug checks each value once here, as Headers.add() does.
-            additions = Headers(edit.additions()).to_wsgi_list()
-            prepared = (
-                frozenset((*edit.replace, *edit.drop)),
-                edit.drop_cookie,
-                additions,
-            )
+            prepared = (edit, Headers(edit.additions()).to_wsgi_list())
             state.edits.put(cache_key, prepared)
-        removed, drop_cookie, additions = prepared
+        edit, additions = prepared
         kept = [
             line
             for line, lower in zip(lines, lowered, strict=True)
-            if lower not in removed
-            and not (
-                drop_cookie is not None
-                and lower == SET_COOKIE
-                and sets_cookie(line[1], drop_cookie)
-            )
+            if not edit.removes(lower, line[1])
         ]
         kept.extend(additions)
         # A new Headers object, swapped in once every line is built: a failure
@@ -622,9 +602,9 @@ def _log_failure(exc: Exception, setup_failures: Iterator[int]) -> None:
         )
         return
     if isinstance(exc, ConfigurationError):
-        # The same setup error recurs on every request until the app is fixed;
-        # its message gives the fix, so it is logged without a traceback,
-        # on the first request and then on every thousandth.
+        # The same setup error recurs on every request until the app is fixed.
+        # Its message gives the fix, so it is logged without a traceback, on
+        # the first request and then on every thousandth.
         count = next(setup_failures)
         if count == 1 or count % 1000 == 0:
             logger.error(

@@ -37,13 +37,14 @@
  *   before clear() rejects and sends no request with the old token.
  *
  * Options (all optional): tokenUrl ("/tinybird/token"), apiUrl (default:
- * the api_url of the token endpoint; when given, it wins over that),
- * refreshMargin (60 s; keep it at most the server's refresh margin, or the
- * server hands back the same token), headerName and expiresHeaderName (the
- * backend's header names), minRefreshInterval (5 s), maxRefreshInterval
- * (300 s), fetch (default: globalThis.fetch), now (Unix seconds, default
- * Date.now), and the callbacks onToken(token), onRetry(error) and
- * onRefreshError(error), the last for failures of the background refresh.
+ * the api_url of the token endpoint; when given, it wins over that) and
+ * refreshMargin (60 s). Keep refreshMargin at most the server's refresh
+ * margin, or the server returns the same token again. Also headerName and
+ * expiresHeaderName (the backend's header names), minRefreshInterval (5 s),
+ * maxRefreshInterval (300 s), fetch (default: globalThis.fetch), now (Unix
+ * seconds, default Date.now), and the callbacks onToken(token),
+ * onRetry(error) and onRefreshError(error). onRefreshError reports failures
+ * of the background refresh.
  * An exception thrown by a callback is reported (reportError) and does not
  * change what the client does.
  *
@@ -61,8 +62,8 @@
  * whose body is not the expected JSON), or 0 for a network failure, an
  * unknown apiUrl or a request cancelled by clear() or by the caller's signal,
  * whatever its abort reason (then cancelled is true). Its message is the
- * server's error text or describes what was wrong; retryAfter is the Retry-After
- * header in seconds (a number or an HTTP date), or null.
+ * server's error text or describes what was wrong. retryAfter is the
+ * Retry-After header in seconds (given as a number or an HTTP date), or null.
  *
  * React: create one client per signed-in session (useMemo or a module
  * singleton), call clear() on sign-out, and run query() in an effect.
@@ -188,7 +189,7 @@ export class TinybirdClient {
 
   /**
    * Query a pipe endpoint and return its JSON ({data, rows, meta, ...}).
-   * params holds the pipe parameters: an object, a query string, or any
+   * params gives the pipe parameters: an object, a query string, or any
    * iterable of [name, value] pairs (URLSearchParams, Map, FormData, an
    * array). Parameters whose value is null or undefined are left out.
    */

@@ -486,10 +486,10 @@ def test_double_submit_signs_in_once(page: Page, demo: Demo) -> None:
 
 
 def test_slow_logout_keeps_next_session(page: Page, demo: Demo) -> None:
-    held: list[Any] = []
+    held_routes: list[Any] = []
 
     def hold(route: Any) -> None:
-        held.append(route)
+        held_routes.append(route)
 
     page.route(f"{demo.url}/logout", hold)
     _sign_in(page, demo, "alice@acme")
@@ -501,8 +501,8 @@ def test_slow_logout_keeps_next_session(page: Page, demo: Demo) -> None:
     page.fill("#password", "demo")
     page.click("#login-button")
     _wait(page, "document.getElementById('login-button').disabled")
-    assert len(held) == 1
-    held[0].continue_()
+    assert len(held_routes) == 1
+    held_routes[0].continue_()
     _wait(page, "window.demo.loads >= 1 && window.demo.client !== null")
 
     endpoint = page.evaluate(

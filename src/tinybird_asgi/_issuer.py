@@ -59,9 +59,10 @@ HARD_MAX_TTL = 366 * 86400.0
 DEFAULT_REFRESH_MARGIN = 300.0
 DEFAULT_MAX_CACHED = 10_000
 MIN_KEY_BYTES = 32
-# A clock reading older than the latest one used under the cache lock, by no
-# more than this many seconds or the time the call waited for the lock, is
-# taken as a stale reading; a reading older still is a backwards clock jump.
+# Seconds by which a clock reading may trail the latest one used under the
+# cache lock and still count as stale, taken before the call waited for the
+# lock. A longer wait widens the window to that wait. A reading older still
+# is a backwards clock jump.
 MAX_LOCK_WAIT = 0.5
 # The clock must read Unix seconds between 2001-09-09 and 2286-11-20.
 MIN_CLOCK = 1_000_000_000
@@ -648,9 +649,9 @@ class TokenIssuer:
     def __len__(self) -> int:
         """Return the number of users whose cached token is still served.
 
-        Entries past their refresh time stay in the cache, and count towards
-        ``max_cached``, until the user's next call replaces them or the least
-        recently used entry is evicted; they are not counted here.
+        Entries past their refresh time are not counted here. They stay in the
+        cache, and count towards ``max_cached``, until the user's next call
+        replaces them or the least recently used entry is evicted.
         """
         now = self._clock()
         with self._lock:
